@@ -1,0 +1,91 @@
+"""Tiny seeded components built in-process (tests, smoke runs, benchmarks at toy size). No download."""
+
+from __future__ import annotations
+
+import tempfile
+
+import torch
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+
+from .pipeline_snapfusion import SnapFusionPipeline
+from .tokenizer import build_clip_tokenizer
+from .unet_efficient import EfficientUNet2DConditionModel
+from .vae_compressed import CompressedVAEDecoder
+
+TINY_WORDS = "a an the photo of red green blue small big circle square triangle on left right above below".split()
+
+
+def tiny_tokenizer(model_max_length: int = 16):
+    return build_clip_tokenizer(TINY_WORDS, tempfile.mkdtemp(prefix="tiny_tok_"), model_max_length)
+
+
+def tiny_text_encoder(vocab_size: int, seed: int = 0, hidden_size: int = 32, max_positions: int = 16):
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=max_positions, bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1, projection_dim=hidden_size,
+    )  # fmt: skip
+    return CLIPTextModel(config).eval()
+
+
+def tiny_vae(seed: int = 0, channels=(8, 16), latent_channels: int = 4):
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=channels, in_channels=3, out_channels=3, latent_channels=latent_channels,
+        down_block_types=("DownEncoderBlock2D",) * len(channels), up_block_types=("UpDecoderBlock2D",) * len(channels),
+        norm_num_groups=4, sample_size=32, layers_per_block=1,
+    ).eval()  # fmt: skip
+
+
+def tiny_stock_unet(seed: int = 0, channels=(8, 16, 16, 16), cross_attention_dim: int = 32, sample_size: int = 16):
+    """diffusers ``UNet2DConditionModel`` with SD-1.x topology, tiny widths."""
+    torch.manual_seed(seed)
+    n = len(channels)
+    return UNet2DConditionModel(
+        sample_size=sample_size, block_out_channels=channels, layers_per_block=2, norm_num_groups=4,
+        cross_attention_dim=cross_attention_dim, attention_head_dim=2,
+        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+    ).eval()  # fmt: skip
+
+
+def tiny_efficient_unet(seed: int = 0, preset: str = "snapfusion", channels=(8, 16, 16, 16),
+                        cross_attention_dim: int = 32, sample_size: int = 16):  # fmt: skip
+    torch.manual_seed(seed)
+    return EfficientUNet2DConditionModel.from_preset(
+        preset, sample_size=sample_size, block_out_channels=channels, norm_num_groups=4,
+        cross_attention_dim=cross_attention_dim, num_attention_heads=2,
+    ).eval()  # fmt: skip
+
+
+def tiny_scheduler(prediction_type: str = "epsilon", timestep_spacing: str = "trailing"):
+    return DDIMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        clip_sample=False, set_alpha_to_one=True, prediction_type=prediction_type, timestep_spacing=timestep_spacing,
+    )  # fmt: skip
+
+
+def tiny_components(seed: int = 0, unet: str = "efficient", compressed_decoder: bool = False,
+                    prediction_type: str = "epsilon") -> dict:  # fmt: skip
+    """Components for ``SnapFusionPipeline(**components)``: 32x32 images, 8x8 latents."""
+    tokenizer = tiny_tokenizer()
+    text_encoder = tiny_text_encoder(len(tokenizer.get_vocab()), seed)
+    vae = tiny_vae(seed)
+    if unet == "efficient":
+        net = tiny_efficient_unet(seed, sample_size=16)
+    elif unet == "stock":
+        net = tiny_stock_unet(seed, sample_size=16)
+    else:
+        raise ValueError(f"unet must be 'efficient' or 'stock'; got {unet!r}.")
+    vae_decoder = CompressedVAEDecoder.from_vae(vae, 0.5) if compressed_decoder else None
+    return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=net,
+                scheduler=tiny_scheduler(prediction_type), vae_decoder=vae_decoder)  # fmt: skip
+
+
+def tiny_pipeline(seed: int = 0, **kwargs) -> SnapFusionPipeline:
+    pipe = SnapFusionPipeline(**tiny_components(seed, **kwargs))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
