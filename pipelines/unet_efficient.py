@@ -374,6 +374,15 @@ class EfficientUNet2DConditionModel(ModelMixin, ConfigMixin):
             raise ValueError(f"Block {bid} does not exist; blocks are {[str(b) for b in self._block_info]}.")
         return bid
 
+    def _skip_channels_of(self, block_id) -> int:
+        """Channels of the skip a block concatenates (0 if none)."""
+        bid = self._check_id(block_id)
+        skip = self._block_info[bid]["skip"]
+        if skip is None:
+            return 0
+        level = len(self.down_stages) - 1 - int(bid.stage[2:])
+        return self._skip_channels[level][skip]
+
     def set_block_keep_prob(self, p: float) -> None:
         """Keep probability of every removable block in training mode (paper Eq. 5); 1.0 disables skipping."""
         if not 0.0 < p <= 1.0:
