@@ -68,6 +68,13 @@ class BlockId(NamedTuple):
         return cls(m.group(1), int(m.group(2)), m.group(3))
 
 
+def _moved(model, device, dtype):
+    """``model.to(device, dtype)`` only when needed (diffusers warns on every ``.to`` of a fp32 CPU model)."""
+    if device != torch.device("cpu") or dtype != torch.float32:
+        model = model.to(device=device, dtype=dtype)
+    return model
+
+
 @dataclass
 class EfficientUNet2DConditionOutput(BaseOutput):
     sample: torch.Tensor
@@ -340,7 +347,7 @@ class EfficientUNet2DConditionModel(ModelMixin, ConfigMixin):
                 for k, v in block.upsamplers[0].state_dict().items():
                     sd[f"upsamplers.{j}.{k}"] = v
         model.load_state_dict(sd, strict=True)
-        return model.to(device=unet.device, dtype=unet.dtype)
+        return _moved(model, unet.device, unet.dtype)
 
     # ------------------------------------------------------------------ blocks and surgery
 
@@ -413,7 +420,7 @@ class EfficientUNet2DConditionModel(ModelMixin, ConfigMixin):
         config = dict(self.config)
         config.update(down_layout=down, mid_layout=mid, up_layout=up)
         config = {k: v for k, v in config.items() if not k.startswith("_")}
-        new = type(self)(**config).to(device=self.device, dtype=self.dtype)
+        new = _moved(type(self)(**config), self.device, self.dtype)
         state = {k: v for k, v in self.state_dict().items() if not k.startswith(("down_stages.", "mid_stage.",
                                                                                    "up_stages."))}  # fmt: skip
         new.load_state_dict(state, strict=False)

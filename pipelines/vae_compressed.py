@@ -73,7 +73,9 @@ class CompressedVAEDecoder(ModelMixin, ConfigMixin):
             value = src[key]
             state[name] = value[tuple(slice(0, s) for s in target.shape)].clone()
         new.load_state_dict(state)
-        return new.to(device=vae.device, dtype=vae.dtype)
+        if vae.device.type != "cpu" or vae.dtype != torch.float32:
+            new = new.to(device=vae.device, dtype=vae.dtype)
+        return new
 
     def decode(self, z: torch.Tensor, return_dict: bool = True, generator=None):
         if self.post_quant_conv is not None:

@@ -44,8 +44,14 @@ def main(argv=None) -> int:
     if not args.out.lower().endswith(".png"):
         fail(f"--out must end in .png; got {args.out}.")
     import torch
+    import transformers
 
+    import diffusers
     from pipelines import format_timings
+
+    for lib in (diffusers, transformers):  # the CLI prints its own lines only: no load bars or notices
+        lib.utils.logging.set_verbosity_error()
+        lib.utils.logging.disable_progress_bar()
 
     try:
         pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)

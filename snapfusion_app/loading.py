@@ -88,7 +88,7 @@ def load_pipeline(model: str, device: str | None = None, dtype: str | None = Non
             f"{model!r} is neither an existing folder nor a Hub id of the form 'owner/name'."
         )
     try:
-        pipe = SnapFusionPipeline.from_pretrained(source, use_safetensors=True, torch_dtype=dt)
+        pipe = SnapFusionPipeline.from_pretrained(source, use_safetensors=True, dtype=dt)
     except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
         raise ModelLoadError(f"Could not load a pipeline from {model}: {e}") from e
     pipe.set_progress_bar_config(disable=True)

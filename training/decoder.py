@@ -1,0 +1,140 @@
+"""Stage 5: compress the VAE decoder by channel pruning + data distillation (paper Sec. 5).
+
+Prompts -> teacher text-to-image (its UNet, ``--gen-steps`` DDIM steps) -> latents; decode each latent with the
+original and the pruned decoder; loss = MSE between the two decoded images. Only the decoder is trained and no
+images are needed. Latents are generated once into a pool of ``--pool-size`` (fresh noise per prompt).
+
+    python -m training.decoder --teacher runs/teacher --pipeline runs/student --prompts prompts.txt \
+        --output runs/student_final --width-ratio 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+
+import torch
+import torch.nn.functional as F
+
+from pipelines import CompressedVAEDecoder, SnapFusionPipeline
+
+from .common import (
+    StageError, add_common_args, make_accelerator, make_lr_scheduler, make_optimizer, mark_complete, maybe_resume,
+    prepare_output, progress, run_cli, save_checkpoint, save_config, validate_common_args,
+)  # fmt: skip
+from .data import read_prompts
+from .models import load_stage_pipeline
+
+STAGE = "decoder"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser, lr=5e-4, batch_size=16, max_steps=1000)
+    parser.add_argument("--teacher", required=True, help="pipeline whose UNet makes latents and whose VAE decoder "
+                        "is the distillation target (paper: SD-v1.5, 50 DDIM steps)")  # fmt: skip
+    parser.add_argument("--pipeline", default=None, help="pipeline that receives the compressed decoder "
+                        "(default: the teacher)")  # fmt: skip
+    parser.add_argument("--prompts", required=True, help="text file, one prompt per line")
+    parser.add_argument("--width-ratio", type=float, default=0.5, help="fraction of decoder channels kept")
+    parser.add_argument("--gen-steps", type=int, default=50, help="teacher DDIM steps per latent")
+    parser.add_argument("--gen-guidance", type=float, default=7.5)
+    parser.add_argument("--pool-size", type=int, default=512, help="teacher latents generated before training")
+    return parser.parse_args(argv)
+
+
+def main(args):
+    validate_common_args(args)
+    if args.pool_size < args.batch_size:
+        raise StageError(f"--pool-size {args.pool_size} must be >= --batch-size {args.batch_size}.")
+    if args.gen_steps < 1:
+        raise StageError(f"--gen-steps must be >= 1; got {args.gen_steps}.")
+    prompts = read_prompts(args.prompts)
+
+    # 1. teacher (latents + target decoder) and the pipeline to extend
+    teacher = load_stage_pipeline(args.teacher, "--teacher")
+    target = load_stage_pipeline(args.pipeline, "--pipeline") if args.pipeline else teacher
+    if teacher.vae is None:
+        raise StageError(f"teacher {args.teacher} has no full VAE decoder to distill from.")
+    if target.unet.config.in_channels != teacher.vae.config.latent_channels:
+        raise StageError("the pipeline's latent channels differ from the teacher VAE's.")
+    out = prepare_output(args)
+    accelerator = make_accelerator(args, STAGE)
+    save_config(args, out, STAGE)
+    device = accelerator.device
+    teacher.to(device)
+    vae = teacher.vae.requires_grad_(False).eval()
+    student = CompressedVAEDecoder.from_vae(vae, args.width_ratio)  # pruned init (first channels kept)
+    student.train()
+
+    # 2. latent pool from the teacher's text-to-image sampling (deterministic in --seed)
+    rng = random.Random(args.seed)
+    pool = []
+    gen = torch.Generator("cpu").manual_seed(args.seed)
+    n_batches = math.ceil(args.pool_size / args.batch_size)
+    bar = progress(accelerator, n_batches, 0, "latents")
+    for _ in range(n_batches):
+        batch_prompts = [rng.choice(prompts) for _ in range(args.batch_size)]
+        lat = teacher(batch_prompts, num_inference_steps=args.gen_steps, guidance_scale=args.gen_guidance,
+                      generator=gen, output_type="latent").images  # fmt: skip
+        pool.append(lat.cpu())
+        bar.update()
+    bar.close()
+    pool = torch.cat(pool)[: args.pool_size]  # (P, 4, h, w), scaled latents
+
+    # 3. train the pruned decoder to reproduce the original decoder's images
+    optimizer = make_optimizer(student.parameters(), args)
+    lr_scheduler = make_lr_scheduler(optimizer, args)
+    student, optimizer, lr_scheduler = accelerator.prepare(student, optimizer, lr_scheduler)
+    start = maybe_resume(accelerator, args, out)
+    bar = progress(accelerator, args.max_steps, start, STAGE)
+    step = start
+    g = torch.Generator("cpu").manual_seed(args.seed + start + accelerator.process_index)
+    while step < args.max_steps:
+        idx = torch.randint(0, len(pool), (args.batch_size,), generator=g)
+        z = pool[idx].to(device) / vae.config.scaling_factor
+        with torch.no_grad():
+            ref = vae.decode(z).sample  # (B, 3, H, W)
+        with accelerator.accumulate(student):
+            pred = student(z)  # (B, 3, H, W)
+            loss = F.mse_loss(pred.float(), ref.float())
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(student.parameters(), args.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad()
+        if accelerator.sync_gradients:
+            step += 1
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.5f}")
+            accelerator.log({"decoder/mse": loss.item()}, step=step)
+            if step % args.checkpoint_every == 0 and step < args.max_steps:
+                save_checkpoint(accelerator, args, out, step, STAGE)
+    bar.close()
+
+    # 4. save the extended pipeline; report PSNR on held-out pool latents
+    accelerator.wait_for_everyone()
+    student = accelerator.unwrap_model(student).eval()
+    with torch.no_grad():
+        z = pool[: min(len(pool), 64)].to(device) / vae.config.scaling_factor
+        ref = ((vae.decode(z).sample + 1) / 2).clamp(0, 1)
+        pred = ((student(z) + 1) / 2).clamp(0, 1)
+        psnr = (10 * torch.log10(1.0 / F.mse_loss(pred, ref))).item()
+    accelerator.print(f"compressed decoder PSNR vs original: {psnr:.2f} dB (on pool latents)")
+    if accelerator.is_main_process:
+        pipe = SnapFusionPipeline(
+            vae=target.vae, text_encoder=target.text_encoder, tokenizer=target.tokenizer, unet=target.unet,
+            scheduler=target.scheduler, vae_decoder=student,
+            default_num_inference_steps=target.config.default_num_inference_steps,
+            default_guidance_scale=target.config.default_guidance_scale,
+        )  # fmt: skip
+        pipe.save_pretrained(out)
+        mark_complete(out, {"stage": STAGE, "steps": step, "final_mse": loss.item(), "psnr_db_on_pool": psnr})
+    accelerator.end_training()
+    return out
+
+
+if __name__ == "__main__":
+    run_cli(main, parse_args)

@@ -1,0 +1,277 @@
+"""Stage 4: step distillation in v-prediction with the CFG-aware loss (paper Sec. 4).
+
+The teacher takes ``r = teacher_steps / student_steps`` DDIM steps t -> ... -> t''; the student takes one step
+t -> t'' and must land on the same point. In x0-space the target is
+
+    x_target = (z_t'' - (sigma_t''/sigma_t) z_t) / (alpha_t'' - (sigma_t''/sigma_t) alpha_t)
+
+and L_dstl = w(lambda_t) ||x0_hat_student - x_target||^2 with the truncated SNR weight w = max(alpha^2/sigma^2, 1).
+CFG-aware: with probability p both teacher and student are guided before the loss,
+v~ = w v(t, z_t, c) - (w - 1) v(t, z_t, empty), w ~ U[w_min, w_max]. Total L = L_dstl + gamma * L_ori with
+L_ori = ||v_hat - v||^2 on the data sample. Paper setting: p = 0.1, w in [2, 14], gamma = 0.2.
+
+Teacher and student may differ in architecture and step count (32 -> 16, 16 -> 8).
+
+    python -m training.distill --teacher runs/teacher_v --student runs/evolved --teacher-steps 16 \
+        --student-steps 8 --output runs/student
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+
+import torch
+
+from diffusers import DDIMScheduler
+from pipelines import EfficientUNet2DConditionModel, SnapFusionPipeline
+
+from .common import (
+    StageError, add_common_args, make_accelerator, make_ema, make_lr_scheduler, make_optimizer, mark_complete,
+    maybe_resume, prepare_output, progress, run_cli, save_checkpoint, save_config, snr_weight_truncated,
+    validate_common_args,
+)  # fmt: skip
+from .data import infinite, make_dataloader, make_dataset
+from .models import load_stage_pipeline
+
+STAGE = "distill"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser, lr=1e-4, batch_size=32, max_steps=2000)
+    parser.add_argument("--teacher", required=True, help="teacher pipeline folder (v-prediction or epsilon)")
+    parser.add_argument("--student", default=None, help="pipeline folder whose UNet initialises the student "
+                        "(default: the teacher's UNet)")  # fmt: skip
+    parser.add_argument("--teacher-steps", type=int, default=16)
+    parser.add_argument("--student-steps", type=int, default=8)
+    parser.add_argument("--cfg-prob", type=float, default=0.1, help="p: probability of the CFG-aware loss")
+    parser.add_argument("--w-min", type=float, default=2.0)
+    parser.add_argument("--w-max", type=float, default=14.0)
+    parser.add_argument("--gamma", type=float, default=0.2, help="weight of L_ori")
+    parser.add_argument("--caption-dropout", type=float, default=0.1, help="empty captions in the vanilla loss")
+    parser.add_argument("--data", default="toy")
+    parser.add_argument("--image-column", default="image")
+    parser.add_argument("--caption-column", default="text")
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--default-guidance", type=float, default=7.5, help="recommended CFG saved with the student")
+    return parser.parse_args(argv)
+
+
+# ---------------------------------------------------------------------- the math, kept testable
+
+
+def step_grids(scheduler_config, teacher_steps: int, student_steps: int) -> tuple[list[int], list[int]]:
+    """Descending DDIM timesteps ('trailing' spacing) of teacher and student; the student's must nest."""
+    if student_steps < 1 or teacher_steps < 1:
+        raise StageError(f"step counts must be >= 1; got teacher {teacher_steps}, student {student_steps}.")
+    if teacher_steps % student_steps or teacher_steps == student_steps:
+        raise StageError(f"--student-steps {student_steps} must divide --teacher-steps {teacher_steps} and be "
+                         "smaller (e.g. 16 -> 8, 32 -> 16).")  # fmt: skip
+    sched = DDIMScheduler.from_config(scheduler_config, timestep_spacing="trailing")
+    sched.set_timesteps(teacher_steps)
+    teacher = [int(t) for t in sched.timesteps]
+    sched.set_timesteps(student_steps)
+    student = [int(t) for t in sched.timesteps]
+    r = teacher_steps // student_steps
+    if teacher[::r] != student:
+        raise StageError(f"student grid {student} is not every {r}-th teacher step of {teacher}.")
+    return teacher, student
+
+
+def alpha_sigma(alphas_cumprod: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """alpha_t, sigma_t of z_t = alpha_t x0 + sigma_t eps; t = -1 means the clean end (alpha 1, sigma 0)."""
+    ac = torch.where(t >= 0, alphas_cumprod[t.clamp(min=0)], torch.ones_like(alphas_cumprod[0]))
+    return ac.sqrt().view(-1, 1, 1, 1), (1 - ac).clamp(min=0).sqrt().view(-1, 1, 1, 1)
+
+
+def to_v(pred, z, alpha, sigma, prediction_type: str):
+    """Any UNet output as v = alpha eps - sigma x0."""
+    if prediction_type == "v_prediction":
+        return pred
+    if prediction_type == "epsilon":
+        x0 = (z - sigma * pred) / alpha
+        return alpha * pred - sigma * x0
+    raise StageError(f"prediction type {prediction_type!r} is not supported; use epsilon or v_prediction.")
+
+
+def ddim_step(z, v, alpha, sigma, alpha_next, sigma_next):
+    """Deterministic DDIM from t to t' with a v prediction: x0 = alpha z - sigma v, eps = sigma z + alpha v."""
+    x0 = alpha * z - sigma * v
+    eps = sigma * z + alpha * v
+    return alpha_next * x0 + sigma_next * eps
+
+
+def distill_target(z_t, z_tpp, alpha_t, sigma_t, alpha_tpp, sigma_tpp):
+    """x_target of Sec. 4: the x0 with which one DDIM step from z_t lands exactly on z_t''."""
+    ratio = sigma_tpp / sigma_t
+    return (z_tpp - ratio * z_t) / (alpha_tpp - ratio * alpha_t)
+
+
+def guided(unet, z, t, cond, uncond, w, prediction_type, alpha, sigma):
+    """v~ = w v(c) - (w - 1) v(empty), or v(c) when w is None."""
+    if w is None:
+        return to_v(unet(z, t, cond).sample, z, alpha, sigma, prediction_type)
+    out = unet(torch.cat([z, z]), torch.cat([t, t]), torch.cat([cond, uncond])).sample
+    v = to_v(out, torch.cat([z, z]), torch.cat([alpha, alpha]), torch.cat([sigma, sigma]), prediction_type)
+    v_c, v_u = v.chunk(2)
+    return w * v_c - (w - 1) * v_u
+
+
+# ---------------------------------------------------------------------- the stage
+
+
+def main(args):
+    validate_common_args(args)
+    for name in ("cfg_prob",):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise StageError(f"--cfg-prob must be in [0, 1]; got {args.cfg_prob}.")
+    if not (1.0 <= args.w_min <= args.w_max):
+        raise StageError(f"need 1 <= --w-min <= --w-max; got {args.w_min}, {args.w_max}.")
+    if args.gamma < 0:
+        raise StageError(f"--gamma must be >= 0; got {args.gamma}.")
+
+    # 1. teacher and student
+    teacher_pipe = load_stage_pipeline(args.teacher, "--teacher")
+    student_pipe = load_stage_pipeline(args.student, "--student") if args.student else teacher_pipe
+    teacher_grid, student_grid = step_grids(teacher_pipe.scheduler.config, args.teacher_steps, args.student_steps)
+    t_unet = teacher_pipe.unet
+    s_unet = student_pipe.unet if args.student else type(t_unet).from_config(t_unet.config)
+    if not args.student:
+        s_unet.load_state_dict(t_unet.state_dict())
+    if s_unet.config.in_channels != t_unet.config.in_channels:
+        raise StageError(f"student latent channels {s_unet.config.in_channels} != teacher's {t_unet.config.in_channels}.")
+    text_dim = teacher_pipe.text_encoder.config.hidden_size
+    if s_unet.config.cross_attention_dim != text_dim:
+        raise StageError(f"student cross_attention_dim {s_unet.config.cross_attention_dim} != teacher text dim {text_dim}.")
+    if teacher_pipe.vae is None:
+        raise StageError(f"teacher {args.teacher} has no full VAE to encode training images.")
+    teacher_type = teacher_pipe.scheduler.config.prediction_type
+    r = args.teacher_steps // args.student_steps
+    out = prepare_output(args)
+    accelerator = make_accelerator(args, STAGE)
+    save_config(args, out, STAGE, {"teacher_grid": teacher_grid, "student_grid": student_grid})
+    device = accelerator.device
+    vae, text_encoder, tokenizer = teacher_pipe.vae, teacher_pipe.text_encoder, teacher_pipe.tokenizer
+    for m in (vae, text_encoder, t_unet):
+        m.requires_grad_(False).eval().to(device)
+    if isinstance(s_unet, EfficientUNet2DConditionModel):
+        s_unet.set_block_keep_prob(1.0)
+    if args.gradient_checkpointing:
+        s_unet.enable_gradient_checkpointing()
+    s_unet.train()
+
+    # 2. optimizer, data
+    optimizer = make_optimizer(s_unet.parameters(), args)
+    lr_scheduler = make_lr_scheduler(optimizer, args)
+    dataset = make_dataset(args.data, args.resolution, seed=args.seed + 7, image_column=args.image_column,
+                           caption_column=args.caption_column)  # fmt: skip
+    loader = make_dataloader(dataset, args.batch_size, args.num_workers)
+    s_unet, optimizer, loader, lr_scheduler = accelerator.prepare(s_unet, optimizer, loader, lr_scheduler)
+    ema = make_ema(accelerator.unwrap_model(s_unet), args)
+    if ema is not None:
+        ema.to(device)
+        accelerator.register_for_checkpointing(ema)
+    start = maybe_resume(accelerator, args, out)
+    if start and hasattr(dataset, "offset"):
+        dataset.offset = start * args.batch_size * accelerator.num_processes
+    rng = random.Random(args.seed + accelerator.process_index + start)
+    ac = teacher_pipe.scheduler.alphas_cumprod.to(device)
+    grid = teacher_grid + [-1]  # -1: the clean end of the last step
+    with torch.no_grad():
+        empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
+                          return_tensors="pt").input_ids.to(device)  # fmt: skip
+        uncond_1 = text_encoder(empty)[0]  # (1, L, D)
+
+    # 3. training loop
+    bar = progress(accelerator, args.max_steps, start, STAGE)
+    it = infinite(loader)
+    step = start
+    while step < args.max_steps:
+        batch = next(it)
+        with accelerator.accumulate(s_unet):
+            x = batch["pixel_values"].to(device)
+            b = x.shape[0]
+            cfg_aware = rng.random() < args.cfg_prob
+            captions = list(batch["caption"])
+            if not cfg_aware:
+                captions = ["" if rng.random() < args.caption_dropout else c for c in captions]
+            with torch.no_grad():
+                x0 = vae.encode(x).latent_dist.sample() * vae.config.scaling_factor  # (B, 4, h, w)
+                ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt").input_ids.to(device)  # fmt: skip
+                cond = text_encoder(ids)[0]
+                uncond = uncond_1.expand(b, -1, -1)
+                k = torch.randint(0, args.student_steps, (b,))  # student step index per sample
+                t = torch.tensor([teacher_grid[i * r] for i in k.tolist()], device=device)
+                a_t, s_t = alpha_sigma(ac, t)
+                noise = torch.randn_like(x0)
+                z_t = a_t * x0 + s_t * noise
+                w = (torch.rand(b, 1, 1, 1, device=device) * (args.w_max - args.w_min) + args.w_min) if cfg_aware else None
+
+                # teacher: r DDIM steps t -> ... -> t''
+                z = z_t
+                for j in range(r):
+                    tj = torch.tensor([grid[i * r + j] for i in k.tolist()], device=device)
+                    tn = torch.tensor([grid[i * r + j + 1] for i in k.tolist()], device=device)
+                    a_j, s_j = alpha_sigma(ac, tj)
+                    a_n, s_n = alpha_sigma(ac, tn)
+                    v = guided(t_unet, z, tj, cond, uncond, w, teacher_type, a_j, s_j)
+                    z = ddim_step(z, v, a_j, s_j, a_n, s_n)
+                a_tpp, s_tpp = a_n, s_n
+                x_target = distill_target(z_t, z, a_t, s_t, a_tpp, s_tpp)
+
+            # student: one step, guided the same way
+            v_s = guided(s_unet, z_t, t, cond, uncond, w, "v_prediction", a_t, s_t)
+            x0_s = a_t * z_t - s_t * v_s
+            weight = snr_weight_truncated(a_t, s_t)
+            loss_dstl = (weight * (x0_s.float() - x_target.float()) ** 2).mean()
+            v_c = v_s if w is None else s_unet(z_t, t, cond).sample
+            loss_ori = ((v_c.float() - (a_t * noise - s_t * x0).float()) ** 2).mean()  # L_ori vs true v
+            loss = loss_dstl + args.gamma * loss_ori
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(s_unet.parameters(), args.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad()
+        if accelerator.sync_gradients:
+            step += 1
+            if ema is not None:
+                ema.step(accelerator.unwrap_model(s_unet).parameters())
+            if not math.isfinite(loss.item()):
+                raise RuntimeError(f"loss became {loss.item()} at step {step}; lower --lr")
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.4f}", cfg=int(cfg_aware))
+            accelerator.log({"distill/loss": loss.item(), "distill/l_dstl": loss_dstl.item(),
+                             "distill/l_ori": loss_ori.item(), "distill/cfg_aware": float(cfg_aware)}, step=step)  # fmt: skip
+            if step % args.checkpoint_every == 0 and step < args.max_steps:
+                save_checkpoint(accelerator, args, out, step, STAGE)
+    bar.close()
+
+    # 4. save the student with a scheduler that reproduces its step grid
+    accelerator.wait_for_everyone()
+    s_unet = accelerator.unwrap_model(s_unet)
+    if ema is not None:
+        ema.copy_to(s_unet.parameters())
+    s_unet.eval()
+    scheduler = DDIMScheduler.from_config(teacher_pipe.scheduler.config, prediction_type="v_prediction",
+                                          timestep_spacing="trailing", set_alpha_to_one=True)  # fmt: skip
+    scheduler.set_timesteps(args.student_steps)
+    if [int(t) for t in scheduler.timesteps] != student_grid:
+        raise RuntimeError(f"saved scheduler grid {scheduler.timesteps.tolist()} != trained grid {student_grid}")
+    if accelerator.is_main_process:
+        pipe = SnapFusionPipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=s_unet, scheduler=scheduler,
+            vae_decoder=student_pipe.vae_decoder, default_num_inference_steps=args.student_steps,
+            default_guidance_scale=args.default_guidance,
+        )  # fmt: skip
+        pipe.save_pretrained(out)
+        mark_complete(out, {"stage": STAGE, "steps": step, "final_loss": loss.item(), "student_grid": student_grid})
+    accelerator.end_training()
+    return out
+
+
+if __name__ == "__main__":
+    run_cli(main, parse_args)

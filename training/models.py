@@ -1,0 +1,84 @@
+"""Named model presets for training from scratch (DiT-style registry) and loading stage outputs."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from diffusers import AutoencoderKL, DDIMScheduler
+from pipelines import EfficientUNet2DConditionModel, SnapFusionPipeline
+from pipelines.tokenizer import build_clip_tokenizer
+
+from .common import StageError
+
+# From-scratch presets: "smoke" runs the whole recipe in seconds; "mini" is the shipped bundle's size.
+# SD-v1.5 scale is not built from scratch here: pass --pretrained with a real SD-v1.5 diffusers folder.
+MODEL_PRESETS = {
+    "smoke": dict(
+        unet=dict(block_out_channels=(16, 32, 32, 32), num_attention_heads=2, norm_num_groups=8),
+        vae=dict(block_out_channels=(16, 32, 32), norm_num_groups=8, layers_per_block=1),
+        text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
+        max_length=32,
+    ),
+    "mini": dict(
+        unet=dict(block_out_channels=(32, 64, 96, 96), num_attention_heads=4, norm_num_groups=8),
+        vae=dict(block_out_channels=(32, 64, 64), norm_num_groups=8, layers_per_block=1),
+        text=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4),
+        max_length=32,
+    ),
+}
+
+
+def make_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
+    """SD-v1.5's noise schedule with DDIM 'trailing' spacing, so 2N-step and N-step grids nest (distillation)."""
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise StageError(f"prediction type {prediction_type!r} is not supported; use epsilon or v_prediction.")
+    return DDIMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        clip_sample=False, set_alpha_to_one=True, steps_offset=0, timestep_spacing="trailing",
+        prediction_type=prediction_type,
+    )  # fmt: skip
+
+
+def build_from_scratch(preset: str, resolution: int, vocabulary: list[str], prediction_type: str, seed: int = 0):
+    """Tokenizer, text encoder, VAE and an SD-1.x-topology efficient UNet, randomly initialised."""
+    import torch
+
+    if preset not in MODEL_PRESETS:
+        raise StageError(f"--model-preset {preset!r} is unknown; choose one of {sorted(MODEL_PRESETS)}.")
+    p = MODEL_PRESETS[preset]
+    torch.manual_seed(seed)
+    tokenizer = build_clip_tokenizer(vocabulary, tempfile.mkdtemp(prefix="tok_"), p["max_length"])
+    vocab = len(tokenizer.get_vocab())
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(vocab_size=vocab, max_position_embeddings=p["max_length"], bos_token_id=vocab - 2,
+                       eos_token_id=vocab - 1, pad_token_id=vocab - 1, projection_dim=p["text"]["hidden_size"],
+                       **p["text"])  # fmt: skip
+    )
+    vae_cfg = p["vae"]
+    n = len(vae_cfg["block_out_channels"])
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=resolution,
+        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n, **vae_cfg,
+    )  # fmt: skip
+    factor = 2 ** (n - 1)
+    unet = EfficientUNet2DConditionModel.from_preset(
+        "sd15", sample_size=resolution // factor, cross_attention_dim=p["text"]["hidden_size"], **p["unet"]
+    )
+    return dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, unet=unet,
+                scheduler=make_scheduler(prediction_type))  # fmt: skip
+
+
+def load_stage_pipeline(path: str, what: str = "model") -> SnapFusionPipeline:
+    """Load a stage's input folder with a clear error when it is missing or malformed."""
+    p = Path(path)
+    if not (p / "model_index.json").is_file():
+        raise StageError(f"{what} {path} is not a diffusers pipeline folder (no model_index.json).")
+    try:
+        pipe = SnapFusionPipeline.from_pretrained(str(p), use_safetensors=True)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise StageError(f"Cannot load {what} from {path}: {e}") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -1,0 +1,146 @@
+"""The whole SnapFusion recipe from one config file: each stage writes a diffusers folder under --output.
+
+Stages run in order; a stage whose folder is complete is skipped, a stage with checkpoints resumes from its
+last one. Configs are JSON (training/configs/*.json): an ordered list of stages, each a module of training/
+and its command-line arguments, where "{name}" stands for the output folder of stage "name", "{output}" for
+--output and "{var}" for a value given with --var var=value.
+
+    python -m training.recipe --preset smoke --output runs/smoke        # every stage, tiny, < 3 min on CPU
+    python -m training.recipe --preset mini --output runs/mini          # the shipped bundle
+    python -m training.recipe --config training/configs/sd15.json --output runs/sd15 \
+        --var sd15=/models/stable-diffusion-v1-5 --var data=wds:/data/laion/{00000..09999}.tar
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+from .common import CHECKPOINT_DIR, DONE_FILE, StageError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+STAGE_MODULES = {"train_teacher", "robust", "evolve", "distill", "decoder", "write_prompts"}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--preset", help=f"a config in {CONFIG_DIR}: smoke | mini | sd15")
+    src.add_argument("--config", help="path to a recipe JSON")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--var", action="append", default=[], help="name=value for {name} in the config")
+    parser.add_argument("--only", default=None, help="comma-separated stage names to run (others must be done)")
+    return parser.parse_args(argv)
+
+
+def load_config(args) -> dict:
+    path = Path(args.config) if args.config else CONFIG_DIR / f"{args.preset}.json"
+    if not path.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+        raise StageError(f"recipe config {path} does not exist" + (f"; presets are {known}." if args.preset else "."))
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise StageError(f"{path} is not valid JSON: {e}") from None
+    stages = config.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise StageError(f"{path} needs a non-empty 'stages' list.")
+    names = set()
+    for s in stages:
+        if not isinstance(s, dict) or s.get("module") not in STAGE_MODULES or not s.get("name"):
+            raise StageError(f"{path}: every stage needs a 'name' and a 'module' in {sorted(STAGE_MODULES)}; got {s}.")
+        if s["name"] in names:
+            raise StageError(f"{path}: stage name {s['name']!r} is used twice.")
+        names.add(s["name"])
+    config["_path"] = str(path)
+    return config
+
+
+def stage_argv(stage: dict, values: dict) -> list[str]:
+    argv = []
+    for key, value in stage.get("args", {}).items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is False or value is None:
+            continue
+        else:
+            try:
+                argv += [flag, str(value).format(**values)]
+            except KeyError as e:
+                raise StageError(f"stage {stage['name']}: {{{e.args[0]}}} is not a stage name or --var.") from None
+    return argv
+
+
+def write_prompts(argv: list[str]) -> None:
+    """Pseudo-stage: write toy-world captions to a prompt file (for the decoder stage)."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--output", required=True)
+    p.add_argument("--count", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--resume", default=None)
+    a = p.parse_args(argv)
+    from .toy_world import ToyWorld
+
+    out = Path(a.output)
+    out.mkdir(parents=True, exist_ok=True)
+    world = ToyWorld(a.seed)
+    (out / "prompts.txt").write_text("\n".join(world.sample(i).caption for i in range(a.count)) + "\n")
+    (out / DONE_FILE).write_text(json.dumps({"stage": "write_prompts", "count": a.count}))
+
+
+def main(args):
+    config = load_config(args)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    values = {"output": str(out)}
+    for item in args.var:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise StageError(f"--var must be name=value; got {item!r}.")
+        values[key] = value
+    for s in config["stages"]:
+        values[s["name"]] = str(out / s["name"])
+    only = set(args.only.split(",")) if args.only else None
+    (out / "recipe.json").write_text(json.dumps({k: v for k, v in config.items() if k != "_path"}, indent=2))
+    timings = {}
+    timings_file = out / "recipe_timings.json"
+    if timings_file.exists():
+        timings = json.loads(timings_file.read_text())
+    for s in config["stages"]:
+        folder = out / s["name"]
+        if (folder / DONE_FILE).exists():
+            print(f"[recipe] {s['name']}: complete, skipping")
+            continue
+        if only is not None and s["name"] not in only:
+            raise StageError(f"stage {s['name']} is not complete and not in --only; run it first.")
+        argv = stage_argv(s, values) + ["--output", str(folder)]
+        if (folder / CHECKPOINT_DIR).is_dir() and any((folder / CHECKPOINT_DIR).glob("step-*")):
+            argv += ["--resume", "latest"]
+        elif folder.exists():
+            argv += ["--overwrite"]  # an interrupted stage without checkpoints: start it over
+        print(f"[recipe] {s['name']}: python -m training.{s['module']} {' '.join(argv)}", flush=True)
+        t0 = time.time()
+        if s["module"] == "write_prompts":
+            write_prompts(argv)
+        else:
+            module = importlib.import_module(f"training.{s['module']}")
+            module.main(module.parse_args(argv))
+        timings[s["name"]] = time.time() - t0
+        timings_file.write_text(json.dumps(timings, indent=2))
+        print(f"[recipe] {s['name']}: done in {timings[s['name']]:.0f} s", flush=True)
+    print(f"[recipe] all stages complete in {out} (stage seconds: {timings})")
+    return out
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args())
+    except StageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)

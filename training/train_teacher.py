@@ -1,0 +1,241 @@
+"""Stage 1: latent-diffusion training of the teacher (text encoder + UNet, + VAE when none is given).
+
+From scratch (``--model-preset mini``, toy world) or from a checkpoint (``--pretrained DIR``, e.g. a stock
+SD-v1.5 folder). Also does the paper's "fine-tune the teacher to v-prediction" step:
+``--pretrained teacher_eps --prediction-type v_prediction``.
+
+    python -m training.train_teacher --data toy --model-preset mini --output runs/teacher --max-steps 4000
+    accelerate launch --multi_gpu -m training.train_teacher --pretrained sd15 --data wds:/laion/{0..99}.tar ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+
+import torch
+import torch.nn.functional as F
+
+from pipelines import EfficientUNet2DConditionModel, SnapFusionPipeline
+
+from .common import (
+    StageError, add_common_args, make_accelerator, make_ema, make_lr_scheduler, make_optimizer,
+    mark_complete, maybe_resume, prepare_output, progress, run_cli, save_checkpoint, save_config, validate_common_args,
+)  # fmt: skip
+from .data import infinite, make_dataloader, make_dataset
+from .models import build_from_scratch, load_stage_pipeline, make_scheduler
+
+STAGE = "train_teacher"
+
+
+def add_denoiser_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("denoiser training")
+    g.add_argument("--data", default="toy", help="toy | folder:PATH | hf:PATH | wds:PATTERN (see training/data.py)")
+    g.add_argument("--image-column", default="image")
+    g.add_argument("--caption-column", default="text")
+    g.add_argument("--resolution", type=int, default=64)
+    g.add_argument("--pretrained", default=None, help="pipeline folder to start from (else --model-preset)")
+    g.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default=None,
+                   help="target of the UNet (default: the pretrained scheduler's, else epsilon)")  # fmt: skip
+    g.add_argument("--caption-dropout", type=float, default=0.1, help="probability of an empty caption (for CFG)")
+    g.add_argument("--train-text-encoder", action=argparse.BooleanOptionalAction, default=None,
+                   help="train the text encoder too (default: on from scratch, off from --pretrained)")  # fmt: skip
+    g.add_argument("--default-steps", type=int, default=50, help="recommended sampling steps saved with the model")
+    g.add_argument("--default-guidance", type=float, default=7.5, help="recommended CFG scale saved with the model")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser, lr=3e-4, batch_size=32, max_steps=4000)
+    add_denoiser_args(parser)
+    g = parser.add_argument_group("from scratch")
+    g.add_argument("--model-preset", default="mini", help="smoke | mini (used without --pretrained)")
+    g.add_argument("--vae-steps", type=int, default=800, help="VAE training steps when no VAE is given")
+    g.add_argument("--vae-lr", type=float, default=1e-3)
+    g.add_argument("--vae-kl-weight", type=float, default=1e-6)
+    return parser.parse_args(argv)
+
+
+def train_vae(vae, args, accelerator, out):
+    """Train the VAE as an autoencoder (MSE + small KL); set scaling_factor so latents have unit std."""
+    done = out / "vae_stage"
+    if (done / "config.json").exists():
+        from diffusers import AutoencoderKL
+
+        accelerator.print(f"VAE already trained: loading {done}")
+        return AutoencoderKL.from_pretrained(done)
+    dataset = make_dataset(args.data, args.resolution, seed=args.seed + 1, image_column=args.image_column,
+                           caption_column=args.caption_column)  # fmt: skip
+    loader = make_dataloader(dataset, args.batch_size, args.num_workers)
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    vae, opt, loader = accelerator.prepare(vae, opt, loader)
+    vae.train()
+    bar = progress(accelerator, args.vae_steps, 0, "vae")
+    it = infinite(loader)
+    for step in range(args.vae_steps):
+        x = next(it)["pixel_values"]  # (B, 3, R, R) in [-1, 1]
+        posterior = accelerator.unwrap_model(vae).encode(x).latent_dist
+        recon = accelerator.unwrap_model(vae).decode(posterior.sample()).sample
+        loss = F.mse_loss(recon, x) + args.vae_kl_weight * posterior.kl().mean()
+        accelerator.backward(loss)
+        opt.step()
+        opt.zero_grad()
+        bar.update()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        accelerator.log({"vae/loss": loss.item()}, step=step)
+    bar.close()
+    vae = accelerator.unwrap_model(vae).eval()
+    with torch.no_grad():  # SD's recipe: scale latents to unit variance
+        x = torch.cat([next(it)["pixel_values"] for _ in range(4)])
+        std = vae.encode(x.to(vae.device)).latent_dist.sample().std().item()
+    vae.register_to_config(scaling_factor=1.0 / std)
+    if accelerator.is_main_process:
+        vae.save_pretrained(done)
+    accelerator.wait_for_everyone()
+    return vae
+
+
+def train_denoiser(args, stage: str, block_keep_prob: float = 1.0, components: dict | None = None):
+    """Diffusion training of the UNet (and optionally the text encoder); shared by train_teacher and robust."""
+    out = prepare_output(args)
+    accelerator = make_accelerator(args, stage)
+    save_config(args, out, stage)
+
+    # 1. components: from a pipeline folder, given in-process, or from scratch
+    from_scratch = args.pretrained is None and components is None
+    if components is None:
+        if args.pretrained is not None:
+            pipe = load_stage_pipeline(args.pretrained, "--pretrained")
+            components = dict(pipe.components)
+        else:
+            from .toy_world import VOCABULARY
+
+            if not args.data.startswith("toy"):
+                raise StageError("Training from scratch builds a tokenizer from the toy world's vocabulary; for "
+                                 "other data pass --pretrained with a folder that has a CLIP tokenizer.")  # fmt: skip
+            components = build_from_scratch(args.model_preset, args.resolution, VOCABULARY,
+                                            args.prediction_type or "epsilon", args.seed)  # fmt: skip
+    tokenizer, text_encoder, unet, vae = (components[k] for k in ("tokenizer", "text_encoder", "unet", "vae"))
+    if vae is None:
+        raise StageError("Denoiser training needs the full VAE (encoder) to make latents; this folder has none.")
+    prediction_type = args.prediction_type or components["scheduler"].config.prediction_type
+    scheduler = make_scheduler(prediction_type) if from_scratch else components["scheduler"]
+    if scheduler.config.prediction_type != prediction_type:
+        scheduler = type(scheduler).from_config(scheduler.config, prediction_type=prediction_type)
+    train_te = from_scratch if args.train_text_encoder is None else args.train_text_encoder
+    latent_size = args.resolution // (2 ** (len(vae.config.block_out_channels) - 1))
+    if unet.config.sample_size != latent_size and from_scratch:
+        raise StageError(f"UNet sample_size {unet.config.sample_size} does not match resolution {args.resolution}.")
+
+    # 2. VAE (only from scratch: trained first, then frozen)
+    if from_scratch:
+        vae = train_vae(vae, args, accelerator, out)
+    vae.requires_grad_(False).eval().to(accelerator.device)
+    text_encoder.requires_grad_(train_te)
+    if not train_te:
+        text_encoder.eval().to(accelerator.device)
+    if isinstance(unet, EfficientUNet2DConditionModel):
+        unet.set_block_keep_prob(block_keep_prob)
+    elif block_keep_prob < 1.0:
+        unet = EfficientUNet2DConditionModel.from_unet(unet)  # stochastic skipping needs the block view
+        unet.set_block_keep_prob(block_keep_prob)
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+
+    # 3. optimizer, data, accelerate
+    params = list(unet.parameters()) + (list(text_encoder.parameters()) if train_te else [])
+    optimizer = make_optimizer(params, args)
+    lr_scheduler = make_lr_scheduler(optimizer, args)
+    dataset = make_dataset(args.data, args.resolution, seed=args.seed, image_column=args.image_column,
+                           caption_column=args.caption_column)  # fmt: skip
+    loader = make_dataloader(dataset, args.batch_size, args.num_workers)
+    if train_te:
+        unet, text_encoder, optimizer, loader, lr_scheduler = accelerator.prepare(
+            unet, text_encoder, optimizer, loader, lr_scheduler)  # fmt: skip
+    else:
+        unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
+    ema = make_ema(accelerator.unwrap_model(unet), args)
+    if ema is not None:
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+    start = maybe_resume(accelerator, args, out)
+    if start and hasattr(dataset, "offset"):
+        dataset.offset = start * args.batch_size * accelerator.num_processes  # fresh samples after resume
+    rng = random.Random(args.seed + accelerator.process_index + start)
+    alphas_cumprod = scheduler.alphas_cumprod.to(accelerator.device)
+
+    # 4. training loop
+    bar = progress(accelerator, args.max_steps, start, stage)
+    it = infinite(loader)
+    step = start
+    while step < args.max_steps:
+        batch = next(it)
+        with accelerator.accumulate(unet):
+            x = batch["pixel_values"].to(accelerator.device)
+            captions = ["" if rng.random() < args.caption_dropout else c for c in batch["caption"]]
+            with torch.no_grad():
+                latents = vae.encode(x).latent_dist.sample() * vae.config.scaling_factor  # (B, 4, h, w)
+            ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                            return_tensors="pt").input_ids.to(accelerator.device)  # fmt: skip
+            with torch.set_grad_enabled(train_te):
+                cond = text_encoder(ids)[0]  # (B, L, D)
+            noise = torch.randn_like(latents)
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
+            a = alphas_cumprod[t].sqrt().view(-1, 1, 1, 1)
+            s = (1 - alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
+            noisy = a * latents + s * noise
+            # target: eps, or v = alpha_t * eps - sigma_t * x0 (paper Sec. 4)
+            target = noise if prediction_type == "epsilon" else a * noise - s * latents
+            pred = unet(noisy, t, cond).sample
+            loss = F.mse_loss(pred.float(), target.float())
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(params, args.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad()
+        if accelerator.sync_gradients:
+            step += 1
+            if ema is not None:
+                ema.step(accelerator.unwrap_model(unet).parameters())
+            if not math.isfinite(loss.item()):
+                raise RuntimeError(f"loss became {loss.item()} at step {step}; lower --lr")
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            accelerator.log({f"{stage}/loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]}, step=step)
+            if step % args.checkpoint_every == 0 and step < args.max_steps:
+                save_checkpoint(accelerator, args, out, step, stage)
+    bar.close()
+
+    # 5. save a pipeline folder that SnapFusionPipeline loads unchanged
+    accelerator.wait_for_everyone()
+    unet = accelerator.unwrap_model(unet)
+    if ema is not None:
+        ema.copy_to(unet.parameters())
+    if isinstance(unet, EfficientUNet2DConditionModel):
+        unet.set_block_keep_prob(1.0)
+    unet.eval()
+    text_encoder = accelerator.unwrap_model(text_encoder).eval()
+    if accelerator.is_main_process:
+        pipe = SnapFusionPipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+            vae_decoder=components.get("vae_decoder"), default_num_inference_steps=args.default_steps,
+            default_guidance_scale=args.default_guidance,
+        )  # fmt: skip
+        pipe.save_pretrained(out)
+        mark_complete(out, {"stage": stage, "steps": step, "final_loss": loss.item()})
+    accelerator.end_training()
+    return out
+
+
+def main(args):
+    validate_common_args(args)
+    if args.pretrained is None and args.vae_steps < 1:
+        raise StageError(f"--vae-steps must be >= 1 when training from scratch; got {args.vae_steps}.")
+    return train_denoiser(args, STAGE)
+
+
+if __name__ == "__main__":
+    run_cli(main, parse_args)
