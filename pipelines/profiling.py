@@ -29,6 +29,7 @@ from torch import nn
 
 from diffusers.models.attention_processor import Attention
 
+from .latency import _shape_forward  # per-module signatures, the same walk LatencyTable.estimate uses
 from .unet_efficient import PAPER_STAGES, EfficientUNet2DConditionModel
 
 OTHER = "Other"  # conv_in, time embedding, conv_norm_out, conv_out: not part of any paper stage
@@ -176,7 +177,8 @@ def _num_stages(unet) -> int:
     channels = getattr(getattr(unet, "config", None), "block_out_channels", None)
     if channels is None or not hasattr(unet, "forward"):
         raise ValueError(
-            f"Expected an EfficientUNet2DConditionModel or a diffusers UNet2DConditionModel; got {type(unet).__name__}."
+            "Expected an EfficientUNet2DConditionModel or a diffusers UNet2DConditionModel; "
+            f"got {type(unet).__name__}."
         )
     return len(channels)
 
@@ -190,7 +192,7 @@ def stage_names(unet) -> list[str]:
 
 
 def _diffusers_stage(unet, module_name: str) -> str | None:
-    """"down0".."mid".."up3" for a parameter/module name, or None for modules outside the stages.
+    """Diffusers stage ("down0" .. "mid" .. "up3") of a parameter/module name; None outside the stages.
 
     A down-sampler belongs to the down stage it ends and an up-sampler to the up stage it ends (diffusers'
     grouping, so a converted stock UNet and the original agree)."""
@@ -287,8 +289,6 @@ def per_stage_latency(table, unet: EfficientUNet2DConditionModel, height: int, w
     Blocks are grouped by their stage; down-/up-samplers by the stage they end (as in ``per_stage_macs``);
     conv_in, the time embedding and the output head go to "Other". The sum is the table's estimate of the
     whole forward, which is a sum of isolated per-module timings, not a measured whole-model time."""
-    from .latency import _shape_forward  # per-module signatures, the same walk LatencyTable.estimate uses
-
     n = _num_stages(unet)
     out = {name: 0.0 for name in stage_names(unet)}
     out[OTHER] = 0.0

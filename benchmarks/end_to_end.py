@@ -1,0 +1,467 @@
+"""End-to-end time to a 512 x 512 image with CFG: SD-v1.5-sized 50 steps vs SnapFusion-sized 8 steps.
+
+Both pipelines are ``SnapFusionPipeline``s built in-process with random weights and the same code path, so the
+breakdown comes from ``output.timings`` (text encoder, every UNet step, decoder, total):
+
+- SD-v1.5-sized: CLIP ViT-L/14 text model config (768 hidden, 12 layers, 12 heads, 3072 MLP, 77 positions,
+  49,408 vocab), the ``sd15`` UNet preset, SD-v1.5's VAE decoder, DDIM, 50 steps;
+- SnapFusion-sized: the same text encoder, the ``snapfusion`` UNet preset, the 50%-pruned decoder, 8 steps.
+
+By default both loops run in full and the totals are **measured**. ``--sd-measured-steps K`` runs only K SD-v1.5
+steps and reports its 50-step total **composed from measured components** (text encoder + 50 x median step +
+decoder), labelled as such. Also the bundle's teacher (50 steps) vs student (8 steps) at the bundle's image size,
+full loops, measured, when ``<bundle>/teacher`` and ``<bundle>/student`` exist.
+
+    python -m benchmarks.end_to_end [--quick] [--sd-measured-steps K] [--repeats 1] [--bundle bundle]
+        [--bundle-repeats 3] [--device cuda] [--out-dir docs] [--overwrite]
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+
+import torch
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from diffusers import DDIMScheduler
+from pipelines import CompressedVAEDecoder, SnapFusionPipeline
+from pipelines.profiling import count_decoder_macs, count_macs, count_params
+from pipelines.tokenizer import build_clip_tokenizer
+
+from . import common
+
+NAME = "end_to_end"
+PROMPT = "a photo of an astronaut riding a horse on mars"
+TARGET_SPEEDUP = 10.0  # issue 7: SnapFusion 8 steps >= 10x faster than SD-v1.5 50 steps, end to end
+# CLIP ViT-L/14 text model (SD-v1.5's text encoder); --quick narrows it.
+CLIP_L14 = dict(
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    projection_dim=768,
+)
+QUICK_CLIP = dict(
+    CLIP_L14,
+    hidden_size=common.QUICK_UNET["cross_attention_dim"],
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+)
+PAPER = {"unet_a100_ms": (2560, 209.6), "iphone_total_s": (85, 1.84)}  # Table 5 (A100 TensorRT), Table 1 (iPhone)
+
+
+def parse_args(argv=None):
+    p = common.parser(NAME, __doc__.split("\n\n")[0])
+    p.add_argument(
+        "--size", type=common.positive_int, default=None, help="image height = width (default 512; 128 with --quick)"
+    )
+    p.add_argument("--sd-steps", type=common.positive_int, default=50, help="SD-v1.5 steps (default 50)")
+    p.add_argument("--sf-steps", type=common.positive_int, default=8, help="SnapFusion steps (default 8)")
+    p.add_argument(
+        "--sd-measured-steps",
+        type=common.positive_int,
+        default=None,
+        metavar="K",
+        help="run only K SD-v1.5 steps and compose its total from measured components (default: run the full loop)",
+    )
+    p.add_argument("--guidance", type=float, default=7.5, help="CFG scale for every run (> 1: batch 2 per step)")
+    p.add_argument("--warmup", type=common.nonneg_int, default=1, help="1-step warm-up calls per pipeline")
+    p.add_argument("--repeats", type=common.positive_int, default=1, help="timed calls per pipeline (median)")
+    p.add_argument("--bundle", default="bundle", help="folder with teacher/ and student/ (default: bundle)")
+    p.add_argument(
+        "--bundle-size",
+        type=common.positive_int,
+        default=None,
+        help="image size for the bundle run (default: each model's own sample size)",
+    )
+    p.add_argument("--teacher-steps", type=common.positive_int, default=50)
+    p.add_argument("--student-steps", type=common.positive_int, default=8)
+    p.add_argument("--bundle-repeats", type=common.positive_int, default=3, help="timed calls per bundle model")
+    return common.parse(p, argv)
+
+
+def scheduler() -> DDIMScheduler:
+    """SD-v1.5's DDIM schedule (the schedule does not change the cost of a step)."""
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
+def build_pipelines(args, tok_dir: str) -> dict[str, tuple[str, SnapFusionPipeline]]:
+    tokenizer = build_clip_tokenizer(PROMPT.split(), tok_dir, model_max_length=77)
+    vocab = tokenizer.get_vocab()
+    ids = dict(
+        bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"]
+    )
+    torch.manual_seed(args.seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**(QUICK_CLIP if args.quick else CLIP_L14), **ids)).eval()
+    vae = common.sd_vae(args.quick, args.seed)
+    pruned = CompressedVAEDecoder.from_vae(vae, 0.5).eval()
+    sd = SnapFusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=common.preset_unet("sd15", args.quick, args.seed),
+        scheduler=scheduler(),
+        default_num_inference_steps=args.sd_steps,
+        default_guidance_scale=args.guidance,
+    )
+    sf = SnapFusionPipeline(
+        vae=None,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=common.preset_unet("snapfusion", args.quick, args.seed),
+        scheduler=scheduler(),
+        vae_decoder=pruned,
+        default_num_inference_steps=args.sf_steps,
+        default_guidance_scale=args.guidance,
+    )
+    return {
+        "sd15": ("SD-v1.5-sized (sd15 UNet, SD decoder)", sd),
+        "snapfusion": ("SnapFusion-sized (snapfusion UNet, pruned decoder)", sf),
+    }
+
+
+def timed_calls(
+    pipes: dict, steps: dict, size: int | None, guidance: float, warmup: int, repeats: int, seed: int
+) -> dict[str, list[dict]]:
+    """``output.timings`` of ``repeats`` calls per pipeline, interleaved, after ``warmup`` 1-step calls each."""
+    for r in range(warmup):
+        for key, (_, pipe) in pipes.items():
+            t = pipe(
+                PROMPT,
+                num_inference_steps=1,
+                guidance_scale=guidance,
+                height=size,
+                width=size,
+                output_type="np",
+                generator=torch.Generator().manual_seed(seed),
+            ).timings
+            print(f"  warm-up {r + 1}/{warmup} {key}: {t['total_ms']:,.0f} ms")
+    runs: dict[str, list[dict]] = {key: [] for key in pipes}
+    for r in range(repeats):
+        for key, (_, pipe) in pipes.items():
+            t = pipe(
+                PROMPT,
+                num_inference_steps=steps[key],
+                guidance_scale=guidance,
+                height=size,
+                width=size,
+                output_type="np",
+                generator=torch.Generator().manual_seed(seed),
+            ).timings
+            runs[key].append(t)
+            print(f"  run {r + 1}/{repeats} {key}: {t['steps_run']} steps, {t['total_ms']:,.0f} ms")
+    return runs
+
+
+def summarise(runs: list[dict], steps: int) -> dict:
+    """Median components over calls; the total is measured when the loop ran ``steps`` steps, else composed."""
+    med = lambda key: statistics.median(t[key] for t in runs)  # noqa: E731
+    step_ms = statistics.median(ms for t in runs for ms in t["unet_ms_per_step"])
+    full = all(t["steps_run"] == steps for t in runs)
+    composed = med("text_encoder_ms") + steps * step_ms + med("decoder_ms")
+    out = {
+        "steps": steps,
+        "steps_run": runs[0]["steps_run"],
+        "cfg": runs[0]["cfg"],
+        "device": runs[0]["device"],
+        "text_encoder_ms": med("text_encoder_ms"),
+        "unet_ms_per_step_median": step_ms,
+        "unet_ms_total": steps * step_ms if not full else med("unet_ms_total"),
+        "decoder_ms": med("decoder_ms"),
+        "composed_total_ms": composed,
+        "total_ms": med("total_ms") if full else composed,
+        "total_kind": "measured (full loop)" if full else "composed from measured components",
+        "calls": [dict(t) for t in runs],
+    }
+    return out
+
+
+def bundle_section(args, device) -> dict:
+    teacher, student = (os.path.join(args.bundle, n) for n in ("teacher", "student"))
+    missing = [p for p in (teacher, student) if not os.path.isfile(os.path.join(p, "model_index.json"))]
+    steps = {"teacher": args.teacher_steps, "student": args.student_steps}
+    if missing:
+        return {
+            "skipped": True,
+            "steps": steps,
+            "reason": f"{' and '.join(missing)} not found (no trained bundle yet).",
+        }
+    from snapfusion_app.loading import ModelLoadError, load_pipeline
+
+    try:
+        pipes = {
+            "teacher": (teacher, load_pipeline(teacher, device=device.type, dtype=args.dtype)),
+            "student": (student, load_pipeline(student, device=device.type, dtype=args.dtype)),
+        }
+    except ModelLoadError as e:
+        return {"skipped": True, "steps": steps, "reason": f"could not load the bundle: {e}"}
+    runs = timed_calls(pipes, steps, args.bundle_size, args.guidance, args.warmup, args.bundle_repeats, args.seed)
+    out = {"skipped": False, "steps": steps, "repeats": args.bundle_repeats, "models": {}}
+    for key, (path, pipe) in pipes.items():
+        entry = summarise(runs[key], steps[key])
+        size = args.bundle_size or pipe.unet.config.sample_size * pipe.vae_scale_factor
+        decoder = pipe.vae_decoder if pipe.vae_decoder is not None else pipe.vae
+        entry.update(
+            path=path,
+            image=[size, size],
+            unet_params=count_params(pipe.unet),
+            unet_class=type(pipe.unet).__name__,
+            decoder_params=common.decoder_params(decoder),
+        )
+        out["models"][key] = entry
+    out["speedup"] = out["models"]["teacher"]["total_ms"] / out["models"]["student"]["total_ms"]
+    return out
+
+
+def run(args) -> dict:
+    device, dtype = common.pick_device(args)
+    size = args.size or (128 if args.quick else 512)
+    if size % 64:
+        common.fail(f"--size must be a multiple of 64 (VAE factor 8 x UNet downsampling 8); got {size}.")
+    if args.sd_measured_steps is not None and args.sd_measured_steps >= args.sd_steps:
+        common.fail(
+            f"--sd-measured-steps ({args.sd_measured_steps}) must be below --sd-steps ({args.sd_steps}); "
+            f"leave it out to run the full loop."
+        )
+    if args.guidance <= 1.0:
+        common.fail(f"--guidance must be > 1 (this benchmark times steps with CFG, batch 2); got {args.guidance}.")
+    res = common.header(NAME, args, device, dtype)
+    res.update(
+        image=[size, size],
+        prompt=PROMPT,
+        guidance=args.guidance,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        weights="random (seeded)",
+    )
+
+    # 1. pipelines with random weights (the text encoder is shared)
+    with tempfile.TemporaryDirectory(prefix="bench_tok_") as tok_dir:
+        pipes = build_pipelines(args, tok_dir)
+        for _, pipe in pipes.values():
+            pipe.to(device=device, dtype=dtype)
+            pipe.set_progress_bar_config(disable=True)
+        latent = size // 8
+        res["pipelines"] = {}
+        for key, (label, pipe) in pipes.items():
+            decoder = pipe.vae_decoder if pipe.vae_decoder is not None else pipe.vae
+            res["pipelines"][key] = {
+                "label": label,
+                "text_encoder_params": count_params(pipe.text_encoder),
+                "unet_params": count_params(pipe.unet),
+                "unet_macs_per_step": count_macs(pipe.unet, latent, latent),
+                "decoder_params": common.decoder_params(decoder),
+                "decoder_macs": count_decoder_macs(decoder, latent, latent),
+            }
+
+        # 2. timed calls (the SD-v1.5 loop may be cut to K steps: then its total is composed, and labelled so)
+        steps_run = {"sd15": args.sd_measured_steps or args.sd_steps, "snapfusion": args.sf_steps}
+        runs = timed_calls(pipes, steps_run, size, args.guidance, args.warmup, args.repeats, args.seed)
+    for key, steps in (("sd15", args.sd_steps), ("snapfusion", args.sf_steps)):
+        res["pipelines"][key].update(summarise(runs[key], steps))
+    sd, sf = res["pipelines"]["sd15"], res["pipelines"]["snapfusion"]
+    res["speedup"] = sd["total_ms"] / sf["total_ms"]
+    res["speedup_composed"] = sd["composed_total_ms"] / sf["composed_total_ms"]
+    res["unet_part_speedup"] = sd["unet_ms_total"] / sf["unet_ms_total"]
+    res["step_ratio"] = sf["unet_ms_per_step_median"] / sd["unet_ms_per_step_median"]
+    res["target"] = {"speedup_min": TARGET_SPEEDUP, "met": res["speedup"] >= TARGET_SPEEDUP}
+    res["paper"] = {
+        "unet_part_a100_tensorrt_ms": list(PAPER["unet_a100_ms"]),
+        "unet_part_a100_speedup": 2560 / 209.6,
+        "iphone14pro_total_s": list(PAPER["iphone_total_s"]),
+    }
+
+    # 3. the bundle's teacher vs student (trained mini models), full loops
+    res["bundle"] = bundle_section(args, device)
+    return res
+
+
+def target_text(res: dict) -> str:
+    s, where = res["speedup"], f"{res['device']} {res['dtype']}"
+    sd, sf = res["pipelines"]["sd15"], res["pipelines"]["snapfusion"]
+    paper = (
+        f"Paper: the UNet part alone is {2560 / 209.6:.1f}x faster on an A100 with TensorRT (Table 5: "
+        f"50 x 51.2 = 2,560 ms vs 8 x 26.2 = 209.6 ms); on an iPhone 14 Pro the whole pipeline takes ~85 s vs "
+        f"1.84 s (Table 1)."
+    )
+    if s >= TARGET_SPEEDUP:
+        return (
+            f"**Target met:** SnapFusion {sf['steps']} steps is {s:.1f}x faster end to end ({where}; "
+            f"target >= 10x). {paper}"
+        )
+    fewer = sd["steps"] / sf["steps"]
+    max_step_ratio = fewer / TARGET_SPEEDUP  # speed-up ~= fewer steps / per-step ratio, when the UNet is the total
+    share = lambda p: 100 * p["unet_ms_total"] / p["total_ms"]  # noqa: E731
+    return (
+        f"**Target missed:** {s:.1f}x end to end on {where}, {TARGET_SPEEDUP - s:.1f} short of >= 10x "
+        f"({100 * (1 - s / TARGET_SPEEDUP):.0f}% short). Why: the UNet is {share(sd):.0f}% (SD-v1.5) and "
+        f"{share(sf):.0f}% (SnapFusion) of the totals, so the speed-up is about {sd['steps']}/{sf['steps']} = "
+        f"{fewer:.2f}x fewer steps divided by the per-step ratio; 10x would need a SnapFusion step of at most "
+        f"{max_step_ratio:.3f}x an SD-v1.5 step, and here it is {res['step_ratio']:.3f}x (see the UNet section). "
+        f"{paper}"
+    )
+
+
+def plot(res: dict, path: str) -> None:
+    plt = common.pyplot()
+    pipes = res["pipelines"]
+    labels = [f"{p['label']}\n{p['steps']} steps ({p['total_kind'].split(' (')[0]})" for p in pipes.values()]
+    parts = [
+        ("text encoder", "text_encoder_ms", "tab:gray"),
+        ("UNet (all steps)", "unet_ms_total", "tab:blue"),
+        ("decoder", "decoder_ms", "tab:orange"),
+    ]
+    fig, ax = plt.subplots(figsize=(8, 3.2), dpi=110)
+    left = [0.0] * len(pipes)
+    for name, key, color in parts:
+        widths = [p[key] / 1000 for p in pipes.values()]
+        ax.barh(range(len(pipes)), widths, left=left, color=color, label=name)
+        left = [a + b for a, b in zip(left, widths)]
+    ax.set_yticks(range(len(pipes)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds to one image")
+    ax.set_title(
+        f"{res['image'][0]}x{res['image'][1]}, CFG {res['guidance']:g}, {res['device']} {res['dtype']}: "
+        f"{res['speedup']:.1f}x faster",
+        fontsize=10,
+    )
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _component_rows(entries: dict) -> list[list]:
+    rows = []
+    for p in entries.values():
+        rows.append(
+            [
+                p["label"],
+                p["steps"],
+                "yes" if p["cfg"] else "no",
+                common.fmt_ms(p["text_encoder_ms"]),
+                common.fmt_ms(p["unet_ms_per_step_median"]),
+                common.fmt_ms(p["unet_ms_total"]),
+                common.fmt_ms(p["decoder_ms"]),
+                common.fmt_ms(p["total_ms"]),
+                p["total_kind"],
+            ]
+        )
+    return rows
+
+
+def markdown(res: dict, out: common.Outputs) -> str:
+    h, w = res["image"]
+    pipes = res["pipelines"]
+    sd = pipes["sd15"]
+    heads = [
+        "pipeline",
+        "steps",
+        "CFG",
+        "text encoder ms",
+        "UNet ms / step (median)",
+        "UNet ms (all steps)",
+        "decoder ms",
+        "total ms",
+        "total is",
+    ]
+    how = (
+        "Both loops ran in full; totals are measured by the pipeline (`output.timings`, wall clock, including "
+        "scheduler and post-processing)."
+        if sd["total_kind"].startswith("measured")
+        else f"SD-v1.5's loop ran {sd['steps_run']} of {sd['steps']} steps: its total is **composed from measured "
+        f"components** (text encoder + {sd['steps']} x median step + decoder, each measured in the pipeline), "
+        f"not measured as one run."
+    )
+    lines = [
+        f"## End to end: time to one {h}x{w} image with CFG",
+        "",
+        common.machine_paragraph(res),
+        "",
+        f'Random weights, prompt "{res["prompt"]}", guidance {res["guidance"]:g} (batch 2 per step), '
+        f"warm-up: {res['warmup']} one-step call(s) per pipeline; median of {res['repeats']} timed call(s). {how}",
+        "",
+        common.md_table(heads, _component_rows(pipes)),
+        "",
+        f"**Speed-up: {res['speedup']:.1f}x end to end** ({res['speedup_composed']:.1f}x composed vs composed), "
+        f"**{res['unet_part_speedup']:.1f}x for the UNet part** (per-step ratio {res['step_ratio']:.3f}).",
+        "",
+        target_text(res),
+        "",
+    ]
+    rows = [
+        [
+            p["label"],
+            common.fmt_int(p["text_encoder_params"]),
+            common.fmt_int(p["unet_params"]),
+            common.fmt_gmacs(p["unet_macs_per_step"]),
+            common.fmt_int(p["decoder_params"]),
+            common.fmt_gmacs(p["decoder_macs"]),
+        ]
+        for p in pipes.values()
+    ]
+    lines += [
+        common.md_table(
+            ["pipeline", "text encoder params", "UNet params", "UNet GMACs / step", "decoder params", "decoder GMACs"],
+            rows,
+        ),
+        "",
+        f"![End to end]({out.png_link('breakdown')})",
+        "",
+    ]
+
+    b = res["bundle"]
+    lines += [
+        f"### The bundle: teacher {b['steps']['teacher']} steps vs student {b['steps']['student']} steps "
+        f"(trained mini models)",
+        "",
+    ]
+    if b["skipped"]:
+        lines += [
+            f"Skipped: {b['reason']} Re-run this benchmark once the training recipe has written the bundle "
+            f"(or point `--bundle` at a folder with teacher/ and student/).",
+            "",
+        ]
+    else:
+        m = b["models"]
+        for key in m:
+            m[key]["label"] = f"{key} ({m[key]['path']}, {m[key]['unet_class']}, {m[key]['image'][0]}px)"
+        lines += [
+            f"Real trained weights, full loops, measured; median of {b['repeats']} call(s) each.",
+            "",
+            common.md_table(heads, _component_rows(m)),
+            "",
+            f"**Student vs teacher: {b['speedup']:.1f}x faster end to end.**",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    common.setup(args)
+    out = common.Outputs(args.out_dir, NAME, pngs=("breakdown",))
+    out.check(args.overwrite)
+    res = run(args)
+    plot(res, out.pngs["breakdown"])
+    out.write(res, markdown(res, out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
