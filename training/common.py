@@ -176,6 +176,20 @@ def mark_complete(out: Path, info: dict) -> None:
     (out / DONE_FILE).write_text(json.dumps(info, indent=2))
 
 
+def write_rank_checksum(accelerator, model, out: Path) -> None:
+    """Each process writes a checksum of its trained weights (rank_checksums/rank{i}.txt): under DDP every rank
+    must end with identical weights, and this makes that checkable."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(accelerator.unwrap_model(model).state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    folder = out / "rank_checksums"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"rank{accelerator.process_index}.txt").write_text(h.hexdigest())
+
+
 def make_optimizer(params, args):
     return torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
 

@@ -30,7 +30,7 @@ from pipelines import EfficientUNet2DConditionModel, SnapFusionPipeline
 from .common import (
     StageError, add_common_args, make_accelerator, make_ema, make_lr_scheduler, make_optimizer, mark_complete,
     maybe_resume, prepare_output, progress, run_cli, save_checkpoint, save_config, snr_weight_truncated,
-    validate_common_args,
+    validate_common_args, write_rank_checksum,
 )  # fmt: skip
 from .data import infinite, make_dataloader, make_dataset
 from .models import load_stage_pipeline
@@ -119,6 +119,33 @@ def guided(unet, z, t, cond, uncond, w, prediction_type, alpha, sigma):
     return w * v_c - (w - 1) * v_u
 
 
+def distillation_loss(s_unet, t_unet, x0, noise, cond, uncond, k, w, grid, r, alphas_cumprod, teacher_type, gamma):
+    """L = L_dstl + gamma * L_ori for student step indices ``k`` (B,) on the teacher ``grid`` (+ [-1]).
+
+    ``w``: (B, 1, 1, 1) guidance scales for the CFG-aware loss, or None for the vanilla loss."""
+    device = x0.device
+    with torch.no_grad():
+        t = torch.tensor([grid[i * r] for i in k.tolist()], device=device)
+        a_t, s_t = alpha_sigma(alphas_cumprod, t)
+        z_t = a_t * x0 + s_t * noise  # (B, C, h, w)
+        z = z_t  # teacher: r DDIM steps t -> ... -> t''
+        for j in range(r):
+            tj = torch.tensor([grid[i * r + j] for i in k.tolist()], device=device)
+            tn = torch.tensor([grid[i * r + j + 1] for i in k.tolist()], device=device)
+            a_j, s_j = alpha_sigma(alphas_cumprod, tj)
+            a_n, s_n = alpha_sigma(alphas_cumprod, tn)
+            v = guided(t_unet, z, tj, cond, uncond, w, teacher_type, a_j, s_j)
+            z = ddim_step(z, v, a_j, s_j, a_n, s_n)
+        x_target = distill_target(z_t, z, a_t, s_t, a_n, s_n)
+    # student: one step t -> t'', guided the same way
+    v_s = guided(s_unet, z_t, t, cond, uncond, w, "v_prediction", a_t, s_t)
+    x0_s = a_t * z_t - s_t * v_s
+    loss_dstl = (snr_weight_truncated(a_t, s_t) * (x0_s.float() - x_target.float()) ** 2).mean()
+    v_c = v_s if w is None else s_unet(z_t, t, cond).sample
+    loss_ori = ((v_c.float() - (a_t * noise - s_t * x0).float()) ** 2).mean()  # L_ori against the true v
+    return loss_dstl + gamma * loss_ori, loss_dstl, loss_ori
+
+
 # ---------------------------------------------------------------------- the stage
 
 
@@ -204,32 +231,10 @@ def main(args):
                 cond = text_encoder(ids)[0]
                 uncond = uncond_1.expand(b, -1, -1)
                 k = torch.randint(0, args.student_steps, (b,))  # student step index per sample
-                t = torch.tensor([teacher_grid[i * r] for i in k.tolist()], device=device)
-                a_t, s_t = alpha_sigma(ac, t)
                 noise = torch.randn_like(x0)
-                z_t = a_t * x0 + s_t * noise
                 w = (torch.rand(b, 1, 1, 1, device=device) * (args.w_max - args.w_min) + args.w_min) if cfg_aware else None
-
-                # teacher: r DDIM steps t -> ... -> t''
-                z = z_t
-                for j in range(r):
-                    tj = torch.tensor([grid[i * r + j] for i in k.tolist()], device=device)
-                    tn = torch.tensor([grid[i * r + j + 1] for i in k.tolist()], device=device)
-                    a_j, s_j = alpha_sigma(ac, tj)
-                    a_n, s_n = alpha_sigma(ac, tn)
-                    v = guided(t_unet, z, tj, cond, uncond, w, teacher_type, a_j, s_j)
-                    z = ddim_step(z, v, a_j, s_j, a_n, s_n)
-                a_tpp, s_tpp = a_n, s_n
-                x_target = distill_target(z_t, z, a_t, s_t, a_tpp, s_tpp)
-
-            # student: one step, guided the same way
-            v_s = guided(s_unet, z_t, t, cond, uncond, w, "v_prediction", a_t, s_t)
-            x0_s = a_t * z_t - s_t * v_s
-            weight = snr_weight_truncated(a_t, s_t)
-            loss_dstl = (weight * (x0_s.float() - x_target.float()) ** 2).mean()
-            v_c = v_s if w is None else s_unet(z_t, t, cond).sample
-            loss_ori = ((v_c.float() - (a_t * noise - s_t * x0).float()) ** 2).mean()  # L_ori vs true v
-            loss = loss_dstl + args.gamma * loss_ori
+            loss, loss_dstl, loss_ori = distillation_loss(
+                s_unet, t_unet, x0, noise, cond, uncond, k, w, grid, r, ac, teacher_type, args.gamma)  # fmt: skip
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(s_unet.parameters(), args.max_grad_norm)
@@ -252,6 +257,7 @@ def main(args):
 
     # 4. save the student with a scheduler that reproduces its step grid
     accelerator.wait_for_everyone()
+    write_rank_checksum(accelerator, s_unet, out)
     s_unet = accelerator.unwrap_model(s_unet)
     if ema is not None:
         ema.copy_to(s_unet.parameters())

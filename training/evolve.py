@@ -181,11 +181,11 @@ def main(args):
     if floor_ms > target:
         raise StageError(f"latency target {target:.2f} ms is unreachable: removing every removable block "
                          f"still takes {floor_ms:.2f} ms.")  # fmt: skip
+    scorer = ToyScorer(args.eval_images, args.seed) if args.scorer == "toy" else \
+        ClipScorer(args.clip_model, args.prompts, args.eval_images)  # fmt: skip
     out = prepare_output(args)
     save_config(args, out, STAGE)
     table.save(str(out / "latency_table.json"))
-    scorer = ToyScorer(args.eval_images, args.seed) if args.scorer == "toy" else \
-        ClipScorer(args.clip_model, args.prompts, args.eval_images)  # fmt: skip
 
     # 2. Algorithm 1
     log = {"target_ms": target, "start_ms": start_ms, "latency_source": table.source, "device": table.device,

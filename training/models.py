@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import torch
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from diffusers import AutoencoderKL, DDIMScheduler
@@ -23,10 +24,10 @@ MODEL_PRESETS = {
         max_length=32,
     ),
     "mini": dict(
-        unet=dict(block_out_channels=(32, 64, 96, 96), num_attention_heads=4, norm_num_groups=8),
-        vae=dict(block_out_channels=(32, 64, 64), norm_num_groups=8, layers_per_block=1),
-        text=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4),
-        max_length=32,
+        unet=dict(block_out_channels=(32, 64, 64, 64), num_attention_heads=4, norm_num_groups=8),
+        vae=dict(block_out_channels=(16, 32, 32), norm_num_groups=8, layers_per_block=1),
+        text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4),
+        max_length=24,
     ),
 }
 
@@ -44,8 +45,6 @@ def make_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
 
 def build_from_scratch(preset: str, resolution: int, vocabulary: list[str], prediction_type: str, seed: int = 0):
     """Tokenizer, text encoder, VAE and an SD-1.x-topology efficient UNet, randomly initialised."""
-    import torch
-
     if preset not in MODEL_PRESETS:
         raise StageError(f"--model-preset {preset!r} is unknown; choose one of {sorted(MODEL_PRESETS)}.")
     p = MODEL_PRESETS[preset]
@@ -77,7 +76,8 @@ def load_stage_pipeline(path: str, what: str = "model") -> SnapFusionPipeline:
     if not (p / "model_index.json").is_file():
         raise StageError(f"{what} {path} is not a diffusers pipeline folder (no model_index.json).")
     try:
-        pipe = SnapFusionPipeline.from_pretrained(str(p), use_safetensors=True)
+        # fp32 for training and evaluation, also when the folder holds fp16 weights (the shipped bundle)
+        pipe = SnapFusionPipeline.from_pretrained(str(p), use_safetensors=True, dtype=torch.float32)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise StageError(f"Cannot load {what} from {path}: {e}") from None
     pipe.set_progress_bar_config(disable=True)

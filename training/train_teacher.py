@@ -22,6 +22,7 @@ from pipelines import EfficientUNet2DConditionModel, SnapFusionPipeline
 from .common import (
     StageError, add_common_args, make_accelerator, make_ema, make_lr_scheduler, make_optimizer,
     mark_complete, maybe_resume, prepare_output, progress, run_cli, save_checkpoint, save_config, validate_common_args,
+    write_rank_checksum,
 )  # fmt: skip
 from .data import infinite, make_dataloader, make_dataset
 from .models import build_from_scratch, load_stage_pipeline, make_scheduler
@@ -53,8 +54,18 @@ def parse_args(argv=None):
     g.add_argument("--model-preset", default="mini", help="smoke | mini (used without --pretrained)")
     g.add_argument("--vae-steps", type=int, default=800, help="VAE training steps when no VAE is given")
     g.add_argument("--vae-lr", type=float, default=1e-3)
+    g.add_argument("--vae-batch-size", type=int, default=None, help="default: --batch-size")
     g.add_argument("--vae-kl-weight", type=float, default=1e-6)
     return parser.parse_args(argv)
+
+
+def denoising_loss(unet, latents, cond, noise, t, alphas_cumprod, prediction_type: str) -> torch.Tensor:
+    """MSE of the UNet's eps or v prediction at z_t = alpha_t x0 + sigma_t eps (v = alpha_t eps - sigma_t x0)."""
+    a = alphas_cumprod[t].sqrt().view(-1, 1, 1, 1)
+    s = (1 - alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
+    noisy = a * latents + s * noise  # (B, C, h, w)
+    target = noise if prediction_type == "epsilon" else a * noise - s * latents
+    return F.mse_loss(unet(noisy, t, cond).sample.float(), target.float())
 
 
 def train_vae(vae, args, accelerator, out):
@@ -67,7 +78,7 @@ def train_vae(vae, args, accelerator, out):
         return AutoencoderKL.from_pretrained(done)
     dataset = make_dataset(args.data, args.resolution, seed=args.seed + 1, image_column=args.image_column,
                            caption_column=args.caption_column)  # fmt: skip
-    loader = make_dataloader(dataset, args.batch_size, args.num_workers)
+    loader = make_dataloader(dataset, args.vae_batch_size or args.batch_size, args.num_workers)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     vae, opt, loader = accelerator.prepare(vae, opt, loader)
     vae.train()
@@ -183,13 +194,7 @@ def train_denoiser(args, stage: str, block_keep_prob: float = 1.0, components: d
                 cond = text_encoder(ids)[0]  # (B, L, D)
             noise = torch.randn_like(latents)
             t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
-            a = alphas_cumprod[t].sqrt().view(-1, 1, 1, 1)
-            s = (1 - alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
-            noisy = a * latents + s * noise
-            # target: eps, or v = alpha_t * eps - sigma_t * x0 (paper Sec. 4)
-            target = noise if prediction_type == "epsilon" else a * noise - s * latents
-            pred = unet(noisy, t, cond).sample
-            loss = F.mse_loss(pred.float(), target.float())
+            loss = denoising_loss(unet, latents, cond, noise, t, alphas_cumprod, prediction_type)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(params, args.max_grad_norm)
@@ -211,6 +216,7 @@ def train_denoiser(args, stage: str, block_keep_prob: float = 1.0, components: d
 
     # 5. save a pipeline folder that SnapFusionPipeline loads unchanged
     accelerator.wait_for_everyone()
+    write_rank_checksum(accelerator, unet, out)
     unet = accelerator.unwrap_model(unet)
     if ema is not None:
         ema.copy_to(unet.parameters())

@@ -1,0 +1,310 @@
+"""Training recipe: loss math, learning on a fixed batch, bad input, resume, DDP, and an end-to-end smoke run."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from pipelines.tiny import tiny_components, tiny_pipeline, tiny_scheduler
+from training.common import StageError
+from training.distill import alpha_sigma, ddim_step, distill_target, distillation_loss, step_grids, to_v
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+
+
+def _run(module, *args, timeout=600):
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=ROOT, env=ENV,
+                          timeout=timeout)  # fmt: skip
+
+
+# ---------------------------------------------------------------------- distillation math
+
+
+def test_distillation_target_matches_two_ddim_steps():
+    torch.manual_seed(0)
+    sched = tiny_scheduler("v_prediction")
+    ac = sched.alphas_cumprod.double()
+    teacher, student = step_grids(sched.config, 16, 8)
+    assert teacher[::2] == student and len(student) == 8
+    grid = teacher + [-1]
+    for k in (0, 3, 7):  # 7: the last step ends on the clean sample (alpha 1, sigma 0)
+        t, t1, t2 = (torch.tensor([grid[2 * k + j]]) for j in range(3))
+        a, s = alpha_sigma(ac, t)
+        a1, s1 = alpha_sigma(ac, t1)
+        a2, s2 = alpha_sigma(ac, t2)
+        z_t = torch.randn(1, 4, 8, 8, dtype=torch.float64)
+        v1, v2 = torch.randn_like(z_t), torch.randn_like(z_t)  # any teacher outputs
+        z_tpp = ddim_step(ddim_step(z_t, v1, a, s, a1, s1), v2, a1, s1, a2, s2)
+        x_target = distill_target(z_t, z_tpp, a, s, a2, s2)
+        # closed form of Sec. 4, written out
+        closed = (z_tpp - (s2 / s) * z_t) / (a2 - (s2 / s) * a)
+        assert (x_target - closed).abs().max() < 1e-5
+        # one DDIM step from z_t with x0 = x_target lands on z_t''
+        eps = (z_t - a * x_target) / s
+        assert (a2 * x_target + s2 * eps - z_tpp).abs().max() < 1e-5
+
+
+def test_to_v_and_grids_validation():
+    z, eps, x0 = torch.randn(3, 1, 4, 4).unbind(0)
+    a, s = torch.tensor(0.6), torch.tensor(0.8)
+    zt = a * x0 + s * eps
+    assert torch.allclose(to_v(eps, zt, a, s, "epsilon"), a * eps - s * x0, atol=1e-5)
+    with pytest.raises(StageError, match="must divide"):
+        step_grids(tiny_scheduler().config, 16, 6)
+    with pytest.raises(StageError, match="must divide"):
+        step_grids(tiny_scheduler().config, 8, 8)
+
+
+# ---------------------------------------------------------------------- learning is real
+
+
+def _fixed_batch(seed=0):
+    comps = tiny_components(seed)
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(4, 4, 16, 16, generator=g)
+    noise = torch.randn(4, 4, 16, 16, generator=g)
+    ids = comps["tokenizer"](["a red circle", "a big blue square", "a small green triangle", ""], padding="max_length",
+                             max_length=16, return_tensors="pt").input_ids  # fmt: skip
+    with torch.no_grad():
+        cond = comps["text_encoder"](ids)[0]
+    return comps, x0, noise, cond
+
+
+def _fit(loss_fn, params, steps, lr):
+    opt = torch.optim.Adam(params, lr=lr)
+    first = None
+    for _ in range(steps):
+        loss = loss_fn()
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return first, loss_fn().item()
+
+
+@pytest.mark.parametrize("prediction_type, keep", [("epsilon", 1.0), ("v_prediction", 1.0), ("epsilon", 0.8)])
+def test_denoiser_and_robust_losses_fall_by_half(prediction_type, keep):
+    from training.train_teacher import denoising_loss
+
+    torch.manual_seed(0)
+    comps, x0, noise, cond = _fixed_batch()
+    unet = comps["unet"].train()
+    unet.set_block_keep_prob(keep)  # keep < 1: robust training (stochastic skipping)
+    ac = comps["scheduler"].alphas_cumprod
+    t = torch.tensor([50, 300, 600, 900])
+    first, last = _fit(lambda: denoising_loss(unet, x0, cond, noise, t, ac, prediction_type), unet.parameters(),
+                       150, 2e-3)  # fmt: skip
+    assert last < 0.5 * first, (first, last)
+
+
+@pytest.mark.parametrize("cfg", [False, True])
+def test_distillation_loss_falls_by_half(cfg):
+    torch.manual_seed(0)
+    comps, x0, noise, cond = _fixed_batch()
+    teacher = comps["unet"].eval().requires_grad_(False)
+    student = tiny_components(1)["unet"].train()  # another architecture seed, trained from scratch
+    sched = comps["scheduler"]
+    grid = step_grids(sched.config, 4, 2)[0] + [-1]
+    uncond = cond[-1:].expand_as(cond)
+    k = torch.tensor([0, 1, 0, 1])
+    w = torch.tensor([2.0, 5.0, 9.0, 14.0]).view(-1, 1, 1, 1) if cfg else None
+    first, last = _fit(
+        lambda: distillation_loss(student, teacher, x0, noise, cond, uncond, k, w, grid, 2, sched.alphas_cumprod,
+                                  "epsilon", 0.2)[0],
+        student.parameters(), 200, 2e-3)  # fmt: skip
+    assert last < 0.5 * first, (first, last)
+
+
+def test_decoder_distillation_loss_falls_by_half():
+    from pipelines import CompressedVAEDecoder
+
+    torch.manual_seed(0)
+    vae = tiny_components(0)["vae"].eval()
+    student = CompressedVAEDecoder.from_vae(vae, 0.5).train()
+    z = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = vae.decode(z).sample
+    first, last = _fit(lambda: torch.nn.functional.mse_loss(student(z), ref), student.parameters(), 150, 2e-3)
+    assert last < 0.5 * first, (first, last)
+
+
+# ---------------------------------------------------------------------- data and bad input
+
+
+def test_caption_folder_and_missing_captions(tmp_path):
+    from training.data import make_dataset, read_prompts
+
+    for i in range(2):
+        PIL.Image.new("RGB", (40, 30), (i * 100, 0, 0)).save(tmp_path / f"{i}.png")
+        (tmp_path / f"{i}.txt").write_text(f"caption {i}")
+    ds = make_dataset(f"folder:{tmp_path}", 16)
+    item = ds[1]
+    assert item["pixel_values"].shape == (3, 16, 16) and item["caption"] == "caption 1"
+    assert -1.0 <= item["pixel_values"].min() <= item["pixel_values"].max() <= 1.0
+    (tmp_path / "1.txt").unlink()
+    with pytest.raises(StageError, match="no caption file"):
+        make_dataset(f"folder:{tmp_path}", 16)
+    with pytest.raises(StageError, match="does not exist"):
+        make_dataset(f"folder:{tmp_path / 'missing'}", 16)
+    with pytest.raises(StageError, match="empty"):
+        make_dataset("", 16)
+    with pytest.raises(StageError, match="unknown"):
+        make_dataset("s3:bucket", 16)
+    empty = tmp_path / "prompts.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(StageError, match="holds no prompts"):
+        read_prompts(str(empty))
+
+
+def test_webdataset_and_hf_sources(tmp_path):
+    import io
+    import tarfile
+
+    import datasets
+
+    from training.data import make_dataset
+
+    shard = tmp_path / "000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for i in range(3):
+            for ext, data in (("jpg", _jpeg(i)), ("txt", f"caption {i}".encode())):
+                info = tarfile.TarInfo(f"{i:05d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    items = list(make_dataset(f"wds:{shard}", 16))
+    assert [x["caption"] for x in items] == ["caption 0", "caption 1", "caption 2"]
+    ds = datasets.Dataset.from_dict({"image": [PIL.Image.new("RGB", (8, 8))] * 2, "text": ["a", "b"]})
+    ds = ds.cast_column("image", datasets.Image())
+    ds.save_to_disk(str(tmp_path / "hf"))
+    hf = make_dataset(f"hf:{tmp_path / 'hf'}", 16)
+    assert len(hf) == 2 and hf[1]["caption"] == "b"
+    with pytest.raises(StageError, match="no 'caption' column"):
+        make_dataset(f"hf:{tmp_path / 'hf'}", 16, caption_column="caption")
+
+
+def _jpeg(i):
+    import io
+
+    buf = io.BytesIO()
+    PIL.Image.new("RGB", (20, 20), (i * 80, 10, 10)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def saved_teacher(tmp_path_factory):
+    d = tmp_path_factory.mktemp("teacher")
+    pipe = tiny_pipeline(0)
+    pipe.scheduler = tiny_scheduler("v_prediction")
+    pipe.save_pretrained(d)
+    return d
+
+
+def test_distill_bad_input(saved_teacher, tmp_path):
+    from training import distill
+
+    with pytest.raises(StageError, match="must divide"):
+        distill.main(distill.parse_args(["--teacher", str(saved_teacher), "--output", str(tmp_path / "a"),
+                                         "--teacher-steps", "16", "--student-steps", "5"]))  # fmt: skip
+    other = tiny_pipeline(0)
+    other.unet = tiny_components(0)["unet"].__class__.from_preset(
+        "snapfusion", block_out_channels=(8, 16, 16, 16), norm_num_groups=4, cross_attention_dim=24,
+        num_attention_heads=2, sample_size=16)  # fmt: skip
+    other.register_modules(unet=other.unet)
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(StageError, match="cross_attention_dim"):
+        distill.main(distill.parse_args(["--teacher", str(saved_teacher), "--student", str(tmp_path / "other"),
+                                         "--output", str(tmp_path / "b")]))  # fmt: skip
+    with pytest.raises(StageError, match="not a diffusers pipeline folder"):
+        distill.main(distill.parse_args(["--teacher", str(tmp_path / "nothing"), "--output", str(tmp_path / "c")]))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_evolve_latency_target_errors(saved_teacher, tmp_path):
+    from training import evolve
+
+    for ratio_args, match in ((["--target-ms", "1e9"], "already met"), (["--target-ms", "1e-6"], "unreachable")):
+        with pytest.raises(StageError, match=match):
+            evolve.main(evolve.parse_args(["--model", str(saved_teacher), "--output", str(tmp_path / "e"),
+                                           "--latency-repeats", "1", *ratio_args]))  # fmt: skip
+    assert not (tmp_path / "e").exists()
+
+
+def test_stage_cli_bad_input_exit_code(saved_teacher, tmp_path):
+    r = _run("training.train_teacher", "--pretrained", str(saved_teacher), "--data", f"folder:{tmp_path / 'none'}",
+             "--output", str(tmp_path / "o"), "--max-steps", "1", "--log-with", "none")  # fmt: skip
+    assert r.returncode == 2 and "does not exist" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = _run("training.train_teacher", "--data", "folder:x", "--output", str(tmp_path / "o1"), "--max-steps", "1")
+    assert r.returncode == 2 and "toy world's vocabulary" in r.stderr, r.stderr
+    r = _run("training.train_teacher", "--max-steps", "0", "--output", str(tmp_path / "o2"))
+    assert r.returncode == 2 and "--max-steps" in r.stderr
+
+
+def test_teacher_resume_and_no_clobber(tmp_path):
+    out = tmp_path / "t"
+    args = ["--model-preset", "smoke", "--output", str(out), "--max-steps", "4", "--vae-steps", "2",
+            "--batch-size", "2", "--checkpoint-every", "2", "--log-with", "none"]  # fmt: skip
+    r = _run("training.train_teacher", *args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (out / "model_index.json").exists() and (out / "checkpoints" / "step-2").is_dir()
+    # a finished stage is never overwritten without --overwrite
+    before = (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    r = _run("training.train_teacher", *args)
+    assert r.returncode == 2 and "completed stage" in r.stderr
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
+    # resume from the checkpoint continues at step 2; a corrupt checkpoint is a clear error
+    (out / "stage_complete.json").unlink()
+    r = _run("training.train_teacher", *args, "--resume", "latest")
+    assert r.returncode == 0 and "resumed from" in r.stdout + r.stderr, r.stderr[-2000:]
+    (out / "stage_complete.json").unlink()
+    for f in (out / "checkpoints" / "step-2").glob("*.safetensors"):
+        f.write_bytes(b"not a tensor file")
+    r = _run("training.train_teacher", *args, "--resume", "latest")
+    assert r.returncode == 2 and "corrupt" in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_end_with_identical_weights(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "training.train_teacher", "--model-preset",
+           "smoke", "--output", str(out), "--max-steps", "3", "--vae-steps", "2", "--batch-size", "2",
+           "--log-with", "none"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    sums = [(out / "rank_checksums" / f"rank{i}.txt").read_text() for i in range(2)]
+    assert sums[0] == sums[1]
+
+
+# ---------------------------------------------------------------------- every stage, end to end
+
+
+@pytest.mark.slow
+def test_recipe_smoke_end_to_end(tmp_path):
+    if not (ROOT / "bundle" / "probe").is_dir():
+        pytest.skip("the toy-world probe (bundle/probe) is needed by the evolve stage's scorer")
+    out = tmp_path / "smoke"
+    r = _run("training.recipe", "--preset", "smoke", "--output", str(out), timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for stage in ("teacher", "teacher_v", "robust", "evolved", "distilled", "student"):
+        assert (out / stage / "stage_complete.json").exists(), stage
+    log = json.loads((out / "evolved" / "evolve_log.json").read_text())
+    assert log["final_ms"] < log["start_ms"] and (out / "evolved" / "evolve_curve.png").exists()
+    from snapfusion_app import load_pipeline
+
+    pipe = load_pipeline(str(out / "student"))
+    assert pipe.vae_decoder is not None and pipe.scheduler.config.prediction_type == "v_prediction"
+    assert pipe.config.default_num_inference_steps == 2
+    img = pipe("a big red circle", generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert img.shape == (1, 64, 64, 3) and np.isfinite(img).all()
+    # running the recipe again skips every completed stage
+    r = _run("training.recipe", "--preset", "smoke", "--output", str(out), timeout=600)
+    assert r.returncode == 0 and r.stdout.count("complete, skipping") == 7
+    shutil.rmtree(out)

@@ -1,0 +1,143 @@
+"""Write a model card (README.md) for a trained pipeline folder from facts only.
+
+Architecture and parameters come from the model, the training config from the recipe's stage folders, metrics
+from ``training.evaluate`` JSON, and seconds per image from a measured run on this machine.
+
+    python -m training.model_card --model bundle/student --role student --eval bundle/eval/student.json \
+        --recipe runs/mini --stages teacher,teacher_v,robust,evolved,distilled,student
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pipelines import EfficientUNet2DConditionModel
+from pipelines.latency import host_description
+from pipelines.profiling import count_params
+
+from .common import StageError
+from .models import load_stage_pipeline
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True)
+    p.add_argument("--role", choices=["teacher", "student"], required=True)
+    p.add_argument("--eval", default=None, help="evaluation JSON written by training.evaluate")
+    p.add_argument("--recipe", default=None, help="the recipe output folder that trained this model")
+    p.add_argument("--stages", default="", help="comma-separated stage folders (in --recipe) that made it")
+    p.add_argument("--command", default="python -m training.recipe --preset mini --output runs/mini")
+    p.add_argument("--repeats", type=int, default=3, help="timed generations for seconds per image")
+    p.add_argument("--overwrite", action="store_true")
+    return p.parse_args(argv)
+
+
+def seconds_per_image(pipe, repeats: int) -> dict:
+    """Median wall time of one 1-image generation at the model's default steps and guidance (with CFG)."""
+    times, last = [], None
+    for i in range(repeats + 1):  # first run is a warm-up
+        t0 = time.perf_counter()
+        last = pipe("a big red circle on a gray background", generator=torch.Generator().manual_seed(i)).timings
+        if i:
+            times.append(time.perf_counter() - t0)
+    return {"seconds": statistics.median(times), "repeats": repeats, "timings_ms": {
+        k: round(last[k], 2) for k in ("text_encoder_ms", "unet_ms_mean", "unet_ms_total", "decoder_ms", "total_ms")}}
+
+
+def main(args):
+    out = Path(args.model) / "README.md"
+    if out.exists() and not args.overwrite:
+        raise StageError(f"{out} exists; pass --overwrite to replace it.")
+    pipe = load_stage_pipeline(args.model, "--model")
+    unet = pipe.unet
+    if not isinstance(unet, EfficientUNet2DConditionModel):
+        unet = EfficientUNet2DConditionModel.from_unet(unet)
+    arch = unet.architecture()
+    params = {
+        "unet": count_params(pipe.unet), "text_encoder": count_params(pipe.text_encoder),
+        "vae_decoder (used)": count_params(pipe.vae_decoder if pipe.vae_decoder is not None else pipe.vae.decoder),
+    }  # fmt: skip
+    timing = seconds_per_image(pipe, args.repeats)
+    steps, guidance = pipe.config.default_num_inference_steps, pipe.config.default_guidance_scale
+    lines = [
+        f"# Mini SnapFusion {args.role}",
+        "",
+        ("A small text-to-image model with **SD-v1.5's UNet topology** (not SD-v1.5: narrow channels, its own VAE, "
+         "text encoder and tokenizer), trained from scratch by this repo on the procedural toy world "
+         "(64x64 coloured shapes)." if args.role == "teacher" else
+         "The **SnapFusion student** of the mini teacher: evolved efficient UNet (latency-driven architecture "
+         "search on this CPU), v-prediction, step-distilled with the CFG-aware loss, 50%-pruned VAE decoder "
+         "trained by data distillation."),
+        "",
+        f"- Sampling: {pipe.scheduler.__class__.__name__} ({pipe.scheduler.config.prediction_type}, "
+        f"'{pipe.scheduler.config.timestep_spacing}' spacing), recommended {steps} steps at guidance {guidance}.",
+        f"- Image size: {unet.config.sample_size * pipe.vae_scale_factor}x{unet.config.sample_size * pipe.vae_scale_factor}.",
+        "",
+        "## Architecture (paper Table 3 grouping)",
+        "",
+        "| stage | CA | RB |",
+        "|---|---|---|",
+        *[f"| {s} | {c['CA']} | {c['RB']} |" for s, c in arch.items()],
+        "",
+        "| component | parameters |",
+        "|---|---|",
+        *[f"| {k} | {v:,} |" for k, v in params.items()],
+        "",
+        "## Speed (measured)",
+        "",
+        f"{timing['seconds']:.3f} s per image (median of {timing['repeats']} after a warm-up; 1 image, {steps} steps, "
+        f"CFG batch 2), on {host_description()}. Breakdown of the last run (ms): "
+        + ", ".join(f"{k} {v}" for k, v in timing["timings_ms"].items()) + ".",
+        "",
+    ]
+    if args.eval:
+        ev = json.loads(Path(args.eval).read_text())
+        lines += [
+            "## Quality (toy-world metrics, `training.evaluate`)",
+            "",
+            f"K = {ev['num_images']} images per guidance scale, {ev['steps']} steps, seed {ev['seed']}; "
+            f"FID on the probe's features, true-vs-true floor {ev['floor_fid']:.3f}. "
+            f"Command: `{ev.get('command', 'python -m training.evaluate')}`.",
+            "",
+            "| guidance | alignment | FID | s/image (batched) |",
+            "|---|---|---|---|",
+            *[f"| {r['guidance']:g} | {r['alignment']:.4f} | {r['fid']:.3f} | {r['seconds_per_image']:.3f} |"
+              for r in ev["results"]],
+            "",
+        ]  # fmt: skip
+    if args.recipe:
+        lines += ["## Training", "", f"Reproduce: `{args.command}`; bundle/README.md lists every step.", ""]
+        recipe = Path(args.recipe)
+        timings = json.loads((recipe / "recipe_timings.json").read_text()) if (recipe / "recipe_timings.json").exists() else {}
+        for stage in [s for s in args.stages.split(",") if s]:
+            cfg_file = recipe / stage / "training_config.json"
+            if not cfg_file.exists():
+                continue
+            cfg = json.loads(cfg_file.read_text())
+            shown = {k: v for k, v in cfg["args"].items() if v is not None and v is not False and k not in ("output", "overwrite", "resume")}
+            secs = f", {timings[stage]:.0f} s on this CPU" if stage in timings else ""
+            done = recipe / stage / "stage_complete.json"
+            if done.exists():  # the stage's own result line, e.g. the decoder's PSNR
+                result = {k: v for k, v in json.loads(done.read_text()).items() if k != "stage"}
+                secs += "; result: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                 for k, v in result.items())  # fmt: skip
+            lines.append(f"- **{stage}** (`training.{cfg['stage'] if cfg['stage'] != 'evolve_robust' else 'robust'}`{secs}): "
+                         + ", ".join(f"{k}={v}" for k, v in sorted(shown.items())))  # fmt: skip
+        lines.append("")
+    out.write_text("\n".join(lines))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args())
+    except StageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)

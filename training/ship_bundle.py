@@ -1,0 +1,90 @@
+"""Copy a recipe's teacher and student into the shipped bundle folder as fp16 safetensors, plus sample grids.
+
+    python -m training.ship_bundle --recipe runs/mini --out bundle [--student-guidance 4] [--overwrite]
+
+The grids use the same prompts and seeds for both models (``bundle/samples_<name>.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import PIL.Image
+import torch
+
+from .common import StageError
+from .models import load_stage_pipeline
+
+GRID_PROMPTS = [
+    "a big red circle on a gray background",
+    "a small blue square on a black background",
+    "a big yellow triangle on a white background",
+    "a big green diamond left of a small purple circle, gray background",
+    "a small orange cross above a big blue ring, black background",
+    "a big cyan square on a brown background",
+    "a big red triangle below a small yellow circle, white background",
+    "a small pink ring on a gray background",
+]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", required=True, help="recipe output folder (with teacher/ and student/)")
+    p.add_argument("--out", default="bundle")
+    p.add_argument("--teacher-stage", default="teacher")
+    p.add_argument("--student-stage", default="student")
+    p.add_argument("--teacher-guidance", type=float, default=None, help="recommended CFG to record (from evaluate)")
+    p.add_argument("--student-guidance", type=float, default=None, help="recommended CFG to record (from evaluate)")
+    p.add_argument("--seeds", type=int, default=2, help="grid rows (seeds 0..N-1)")
+    p.add_argument("--overwrite", action="store_true")
+    return p.parse_args(argv)
+
+
+def sample_grid(pipe, prompts, seeds: int) -> PIL.Image.Image:
+    """Rows = seeds, columns = prompts, each image at 2x nearest-neighbour scale."""
+    rows = []
+    for seed in range(seeds):
+        out = pipe(prompts, generator=torch.Generator().manual_seed(seed))
+        rows.append(out.images)
+    w, h = rows[0][0].size
+    grid = PIL.Image.new("RGB", (2 * w * len(prompts), 2 * h * seeds))
+    for r, images in enumerate(rows):
+        for c, im in enumerate(images):
+            grid.paste(im.resize((2 * w, 2 * h), PIL.Image.NEAREST), (2 * w * c, 2 * h * r))
+    return grid
+
+
+def main(args):
+    recipe, out = Path(args.recipe), Path(args.out)
+    for name, stage, guidance in (("teacher", args.teacher_stage, args.teacher_guidance),
+                                  ("student", args.student_stage, args.student_guidance)):  # fmt: skip
+        src = recipe / stage
+        if not (src / "stage_complete.json").exists():
+            raise StageError(f"{src} is not a completed stage.")
+        dst = out / name
+        if dst.exists() and not args.overwrite:
+            raise StageError(f"{dst} exists; pass --overwrite to replace it.")
+        pipe = load_stage_pipeline(str(src), name)
+        if guidance is not None:
+            pipe.register_to_config(default_guidance_scale=float(guidance))
+        tmp = out / f".{name}.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        pipe.to(dtype=torch.float16).save_pretrained(tmp, safe_serialization=True)
+        if dst.exists():
+            shutil.rmtree(dst)
+        tmp.rename(dst)
+        fp32 = load_stage_pipeline(str(dst), name)  # the shipped weights, upcast as the app loads them on CPU
+        sample_grid(fp32, GRID_PROMPTS, args.seeds).save(out / f"samples_{name}.png")
+        print(f"shipped {dst} and {out / f'samples_{name}.png'}")
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args())
+    except StageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
