@@ -79,24 +79,26 @@ def train_vae(vae, args, accelerator, out):
     dataset = make_dataset(args.data, args.resolution, seed=args.seed + 1, image_column=args.image_column,
                            caption_column=args.caption_column)  # fmt: skip
     loader = make_dataloader(dataset, args.vae_batch_size or args.batch_size, args.num_workers)
+    # Not passed through accelerator.prepare: the VAE phase is a small from-scratch warm-up, and keeping it out of
+    # the accelerator's state keeps checkpoints of the diffusion phase resumable. Every rank trains the same copy
+    # (same seed, same data), so the VAE is identical across processes.
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
-    vae, opt, loader = accelerator.prepare(vae, opt, loader)
-    vae.train()
+    vae.to(accelerator.device).train()
     bar = progress(accelerator, args.vae_steps, 0, "vae")
     it = infinite(loader)
     for step in range(args.vae_steps):
-        x = next(it)["pixel_values"]  # (B, 3, R, R) in [-1, 1]
-        posterior = accelerator.unwrap_model(vae).encode(x).latent_dist
-        recon = accelerator.unwrap_model(vae).decode(posterior.sample()).sample
+        x = next(it)["pixel_values"].to(accelerator.device)  # (B, 3, R, R) in [-1, 1]
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
         loss = F.mse_loss(recon, x) + args.vae_kl_weight * posterior.kl().mean()
-        accelerator.backward(loss)
+        loss.backward()
         opt.step()
         opt.zero_grad()
         bar.update()
         bar.set_postfix(loss=f"{loss.item():.4f}")
         accelerator.log({"vae/loss": loss.item()}, step=step)
     bar.close()
-    vae = accelerator.unwrap_model(vae).eval()
+    vae.eval()
     with torch.no_grad():  # SD's recipe: scale latents to unit variance
         x = torch.cat([next(it)["pixel_values"] for _ in range(4)])
         std = vae.encode(x.to(vae.device)).latent_dist.sample().std().item()
