@@ -153,7 +153,7 @@ class SnapFusionPipeline(DiffusionPipeline):
         max_len = self.tokenizer.model_max_length
         ids = self.tokenizer(texts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
         if not self._warned_truncation:
-            untruncated = self.tokenizer(texts, padding="longest", return_tensors="pt").input_ids
+            untruncated = self.tokenizer(texts, padding="longest", return_tensors="pt", verbose=False).input_ids
             if untruncated.shape[-1] > max_len:
                 self._warned_truncation = True
                 logger.warning(

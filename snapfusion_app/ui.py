@@ -22,16 +22,17 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
 import torch
 
-from pipelines import SnapFusionPipeline
+from pipelines import EfficientUNet2DConditionModel, SnapFusionPipeline
 from pipelines.latency import host_description
+from pipelines.unet_efficient import sd_layout
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,8 @@ def _user_error(e: BaseException) -> gr.Error:
         text = str(e)
         return bad_input(html.escape(text if len(text) <= 400 else text[:397] + "...", quote=False))
     logger.exception("unexpected error in a handler")
-    return gr.Error(f"Unexpected error ({type(e).__name__}); the details are in the server log.", print_exception=False)
+    message = f"Unexpected error ({type(e).__name__}); the details are in the server log."
+    return gr.Error(message, print_exception=False)
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -266,6 +268,21 @@ class Side:
         return f"{'Left' if self.key == 'left' else 'Right'} · {self.role}"
 
 
+def describe(pipe: SnapFusionPipeline) -> str:
+    """What a pipeline is made of, in words, from its modules (never from its name)."""
+    unet = pipe.unet
+    if isinstance(unet, EfficientUNet2DConditionModel):
+        as_lists = lambda layout: json.loads(json.dumps(layout))  # noqa: E731 - tuples and lists compare equal
+        cfg = unet.config
+        sd = sd_layout(num_stages=len(cfg.block_out_channels))
+        same = as_lists([cfg.down_layout, cfg.mid_layout, cfg.up_layout]) == as_lists(list(sd))
+        kind = "UNet with SD-v1.5's block layout" if same else "efficient UNet"
+    else:
+        kind = f"diffusers {type(unet).__name__}"
+    decoder = "compressed decoder" if pipe.vae_decoder is not None else "full VAE decoder"
+    return f"{kind}, {decoder}"
+
+
 def warm_up(pipe: SnapFusionPipeline) -> None:
     """One 1-step call, so the first visitor's timings do not include one-off start-up costs."""
     pipe("", num_inference_steps=1, output_type="np", generator=torch.Generator("cpu").manual_seed(0))
@@ -306,24 +323,32 @@ def _times(x: float) -> str:
     return f"{x:.1f}×" if x < 10 else f"{x:.0f}×"
 
 
+def _ratio_text(ratio: float) -> str:
+    """left / right time ratio as words: "7.9× faster" or "1.3× slower"."""
+    if not math.isfinite(ratio) or ratio <= 0:
+        return "not comparable"
+    return f"{_times(ratio)} faster" if ratio >= 1 else f"{_times(1 / ratio)} slower"
+
+
 def speedup_html(left: dict | None, right: dict | None, note: str = "", waiting: str | None = None) -> str:
     """The banner above the images: the right side's measured speed-up, or what to do to get one."""
-    box = ("<div style='border:2px solid #16a34a;border-radius:10px;padding:10px 16px;text-align:center;"
-           "background:rgba(22,163,74,0.08)'>{}</div>")  # fmt: skip
-    if left is None or right is None:
+    green, amber = ("#16a34a", "22,163,74", "#15803d"), ("#d97706", "217,119,6", "#b45309")
+    r = speedup_ratios(left, right) if left is not None and right is not None else None
+    border, rgb, text = green if r is None or r["total"] >= 1 else amber
+    box = (f"<div style='border:2px solid {border};border-radius:10px;padding:10px 16px;text-align:center;"
+           f"background:rgba({rgb},0.08)'>{{}}</div>")  # fmt: skip
+    if r is None:
         waiting = waiting or "Press <b>Generate both</b>: the measured speed-up of the right side appears here."
         return box.format(f"<div style='font-size:1.1em'>{waiting}</div>")
-    r = speedup_ratios(left, right)
-    faster = r["total"] >= 1
-    head = f"Right side is {_times(r['total'] if faster else 1 / r['total'])} {'faster' if faster else 'slower'}"
     detail = (
         f"total {left['total_ms']:,.0f} ms → {right['total_ms']:,.0f} ms · "
-        f"UNet part {_times(r['unet'])} faster ({left['steps_run']} steps: {left['unet_ms_total']:,.0f} ms → "
+        f"UNet part {_ratio_text(r['unet'])} ({left['steps_run']} steps: {left['unet_ms_total']:,.0f} ms → "
         f"{right['steps_run']} steps: {right['unet_ms_total']:,.0f} ms) · measured on {html.escape(right['device'])}"
     )
     if note:
         detail += f"<br>{html.escape(note)}"
-    return box.format(f"<div style='font-size:2em;font-weight:700;color:#15803d'>{head}</div><div>{detail}</div>")
+    head = f"Right side is {_ratio_text(r['total'])}"
+    return box.format(f"<div style='font-size:2em;font-weight:700;color:{text}'>{head}</div><div>{detail}</div>")
 
 
 def running_markdown(step: int, steps: int, seconds: float) -> str:
@@ -338,7 +363,8 @@ def side_header(side: Side, steps: Any, guidance: Any) -> str:
         settings = f"{int(steps)} steps · guidance {float(guidance):g}"
     except (TypeError, ValueError):
         settings = ""
-    return f"### {arrow} {side.label}: {settings}\n`{html.escape(side.name)}`"
+    name = side.name.replace("`", "'")  # shown as inline code
+    return f"### {arrow} {side.label}: {settings}\n`{name}`"
 
 
 # ---------------------------------------------------------------------------------------------- exports
@@ -570,6 +596,7 @@ class CompareApp:
                            f"got {_show(components)}.")  # fmt: skip
         for c in components:
             check_choice(c, "component", EXPORT_COMPONENTS)
+        components = [c for c in EXPORT_COMPONENTS if c in components]  # pipeline order, each once
         precision = check_choice(precision, "precision", EXPORT_PRECISIONS)
         quantize = check_choice(quantize, "palettization bits", EXPORT_QUANTIZE)
         attention = check_choice(attention, "attention", EXPORT_ATTENTION)
@@ -600,8 +627,10 @@ class CompareApp:
         head = (f"**{html.escape(side.label)}** (`{html.escape(side.name)}`) → Core ML: "
                 f"{', '.join(components)}, {precision}, palettization {quantize}, attention {attention}. "
                 f"Download: **{size_mb:,.1f} MB** zip.\n\n")  # fmt: skip
-        data = dict(report.to_dict(), zip_bytes=zip_path.stat().st_size, model=key)
-        return str(zip_path), head + report.to_markdown(), data
+        # the report names the server's temporary folder; the visitor knows it as the zip's top folder
+        out_dir = str((folder / "coreml").resolve())
+        data = dict(report.to_dict(), out_dir="coreml", zip_bytes=zip_path.stat().st_size, model=key)
+        return str(zip_path), head + report.to_markdown().replace(out_dir, "coreml"), data
 
 
 # ---------------------------------------------------------------------------------------------- model tab
@@ -633,7 +662,9 @@ def model_summary(sides: dict[str, Side]) -> tuple[list[list], list[list]]:
     totals = {}
     for k, s in sides.items():
         pipe, (h, w) = s.pipe, s.image_size
-        decoder = pipe.vae_decoder if pipe.vae_decoder is not None else pipe.vae.decoder
+        # what decodes latents: the compressed decoder, else the VAE's post-quant conv + decoder (not its encoder)
+        decoder_params = (_params(pipe.vae_decoder) if pipe.vae_decoder is not None
+                          else _params(pipe.vae.decoder) + _params(pipe.vae.post_quant_conv))  # fmt: skip
         lh, lw = h // pipe.vae_scale_factor, w // pipe.vae_scale_factor  # latent size
         macs = count_macs(pipe.unet, lh, lw, batch=2, context_len=pipe.tokenizer.model_max_length)  # CFG: batch 2
         dec_macs = count_decoder_macs(pipe.vae_decoder if pipe.vae_decoder is not None else pipe.vae, lh, lw)
@@ -641,7 +672,7 @@ def model_summary(sides: dict[str, Side]) -> tuple[list[list], list[list]]:
             "image size": f"{h}×{w}",
             "text encoder params (M)": _params(pipe.text_encoder) / 1e6,
             "UNet params (M)": _params(pipe.unet) / 1e6,
-            "decoder params (M)": _params(decoder) / 1e6,
+            "decoder params (M)": decoder_params / 1e6,
             "UNet GFLOPs per step (CFG, batch 2)": 2 * macs / 1e9,
             "default steps": s.default_steps,
             "default guidance": s.default_guidance,
@@ -664,9 +695,10 @@ def architecture_plot(stage_rows: list[list], left_name: str, right_name: str, p
     stages = [r[0] for r in stage_rows]
     x = list(range(len(stages)))
     fig = Figure(figsize=(9, 3.4), dpi=110, layout="constrained")
-    for ax, (kind, col) in zip(fig.subplots(1, 2, sharey=True), (("CA (cross-attention)", 1), ("RB (ResNet)", 2))):
-        ax.bar([i - 0.2 for i in x], [r[col + 1] for r in stage_rows], 0.4, label=f"left: {left_name}", color="#9ca3af")
-        ax.bar([i + 0.2 for i in x], [r[col + 3] for r in stage_rows], 0.4, label=f"right: {right_name}",
+    kinds = (("CA (cross-attention)", 2), ("RB (ResNet)", 3))  # columns of the left counts in stage_rows
+    for ax, (kind, col) in zip(fig.subplots(1, 2, sharey=True), kinds, strict=True):
+        ax.bar([i - 0.2 for i in x], [r[col] for r in stage_rows], 0.4, label=f"left: {left_name}", color="#9ca3af")
+        ax.bar([i + 0.2 for i in x], [r[col + 2] for r in stage_rows], 0.4, label=f"right: {right_name}",
                color="#16a34a")  # fmt: skip
         ax.set_xticks(x, stages, rotation=30)
         ax.set_title(f"{kind} blocks per stage")
@@ -712,19 +744,18 @@ def build_demo(teacher: SnapFusionPipeline, student: SnapFusionPipeline, teacher
     ``*_name`` is what the UI calls each model; ``*_source`` its folder or Hub id (model card, eval results)."""
     left = Side("left", "Baseline", teacher_name, teacher_source, teacher)
     right = Side("right", "SnapFusion student", student_name, student_source, student)
-    if warmup:
+    if warmup and not gr.utils.is_zero_gpu_space():  # ZeroGPU attaches a GPU per call: no GPU at start-up
         for s in (left, right):
             warm_up(s.pipe)
     app = CompareApp(left, right, export_keep)
 
     with gr.Blocks(title="SnapFusion: 50 steps vs 8 steps", delete_cache=(1800, 3600)) as demo:
         gr.Markdown(
-            f"# SnapFusion: {right.default_steps} steps instead of {left.default_steps}. How much faster?\n"
-            "Same prompt, same seed, two text-to-image models run live on this server. "
-            f"**Left: the baseline** `{teacher_name}`, {left.default_steps} denoising steps. "
-            f"**Right: the SnapFusion student** `{student_name}`: efficient UNet, step-distilled to "
-            f"{right.default_steps} steps, compressed decoder. Every time shown is measured; the green banner "
-            "says how much faster the right side is."
+            f"# SnapFusion: {right.default_steps} steps vs {left.default_steps} steps. How much faster?\n"
+            "Same prompt, same seed, two text-to-image models run live on this server, one after the other. "
+            f"**Left: the baseline** `{teacher_name}` ({describe(teacher)}, {left.default_steps} steps). "
+            f"**Right: the SnapFusion student** `{student_name}` ({describe(student)}, {right.default_steps} "
+            "steps). Every time shown is measured; the banner says how much faster the right side is."
         )
         with gr.Tab("Compare"):
             with gr.Row():
@@ -744,8 +775,10 @@ def build_demo(teacher: SnapFusionPipeline, student: SnapFusionPipeline, teacher
                         header = gr.Markdown(side_header(s, s.default_steps, s.default_guidance),
                                              elem_classes="sf-side-title")  # fmt: skip
                         image = gr.Image(label=f"{s.label}: {s.name}", type="pil", format="png", height=320,
-                                         interactive=False, elem_id=f"{s.key}-image", elem_classes="sf-image")  # fmt: skip
-                        readout = gr.Markdown(f"*{s.label}: latency readout appears here.*", elem_id=f"{s.key}-readout")
+                                         interactive=False, elem_id=f"{s.key}-image",
+                                         elem_classes="sf-image")  # fmt: skip
+                        readout = gr.Markdown(f"*{s.label}: latency readout appears here.*",
+                                              elem_id=f"{s.key}-readout")  # fmt: skip
                         with gr.Row():
                             steps = gr.Slider(STEPS_MIN, s.max_steps, value=s.default_steps, step=1,
                                               label=f"Steps ({s.key})")  # fmt: skip
@@ -843,8 +876,9 @@ def _model_tab(app: CompareApp, left: Side, right: Side) -> None:
         "size and text length; see `pipelines/profiling.py` for what is counted). Counts, not timings."
     )
     gr.Dataframe(
-        value=stage_rows, headers=["stage", "resolution", "left CA", "left RB", "right CA", "right RB", "left params (M)",
-                                   "right params (M)"], label="Blocks per stage", interactive=False,
+        value=stage_rows, label="Blocks per stage", interactive=False,
+        headers=["stage", "resolution", "left CA", "left RB", "right CA", "right RB", "left params (M)",
+                 "right params (M)"],
     )  # fmt: skip
     gr.Dataframe(value=total_rows, headers=["", f"left: {left.name}", f"right: {right.name}"], label="Totals",
                  interactive=False)  # fmt: skip
@@ -853,15 +887,17 @@ def _model_tab(app: CompareApp, left: Side, right: Side) -> None:
     pngs, jsons = eval_files(app.sides)
     if pngs or jsons:
         gr.Markdown("### Evaluation results from the bundle")
-        if pngs:
-            gr.Gallery([(str(p), p.stem) for p in pngs], label="Evaluation plots", columns=2, format="png")
-        for j in jsons:
-            try:
-                data = json.loads(j.read_text())
-            except (OSError, json.JSONDecodeError) as e:
-                gr.Markdown(f"`{j.name}`: unreadable ({html.escape(str(e))})")
-                continue
-            gr.JSON(data, label=j.name, open=False)
+        for png in pngs:
+            gr.Image(str(png), label=png.name, type="filepath", format="png", height=480, interactive=False)
+        if jsons:
+            with gr.Accordion("Evaluation results (JSON)", open=False):
+                for j in jsons:
+                    try:
+                        data = json.loads(j.read_text())
+                    except (OSError, json.JSONDecodeError) as e:
+                        gr.Markdown(f"`{j.name}`: unreadable ({html.escape(str(e))})")
+                        continue
+                    gr.JSON(data, label=j.name)
     with gr.Accordion("Model cards", open=False), gr.Row():
         for s in (left, right):
             gr.Markdown(model_card(s))

@@ -275,11 +275,13 @@ def test_teacher_resume_and_no_clobber(tmp_path):
 @pytest.mark.slow
 def test_ddp_two_processes_end_with_identical_weights(tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
+    # accelerate 1.15 runs `--cpu` with one process; two CPU processes (gloo) need --multi_gpu + ACCELERATE_USE_CPU
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "training.train_teacher", "--model-preset",
            "smoke", "--output", str(out), "--max-steps", "3", "--vae-steps", "2", "--batch-size", "2",
            "--log-with", "none"]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=900)
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=dict(ENV, ACCELERATE_USE_CPU="true"),
+                       timeout=900)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     sums = [(out / "rank_checksums" / f"rank{i}.txt").read_text() for i in range(2)]
     assert sums[0] == sums[1]
