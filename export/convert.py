@@ -1,0 +1,462 @@
+"""One converter per component (style of apple/ml-stable-diffusion ``torch2coreml.py``).
+
+Each converter wraps its component in a small ``nn.Module`` with plain tensor inputs and outputs named as apple's
+Swift ``StableDiffusion`` package expects them, captures it with ``torch.export``, checks the exported graph against
+eager PyTorch (PSNR, hard threshold), converts it with ``coremltools.convert`` to an ML program, optionally
+palettizes the weights, saves the ``.mlpackage`` and times the component.
+
+    TextEncoder  input_ids (1, L) float32 token ids      -> last_hidden_state (1, L, D), pooled_outputs (1, D)
+    Unet         sample (2, 4, h, w), timestep (2,),
+                 encoder_hidden_states (2, D, 1, L)      -> noise_pred (2, 4, h, w)
+    VAEDecoder   z (1, 4, h, w) = latents / scaling_factor -> image (1, 3, H, W) in [-1, 1]
+
+Batch 2 for the UNet is classifier-free guidance (unconditional + text); ``encoder_hidden_states`` uses apple's
+(B, D, 1, L) layout, which the Swift package produces from the text encoder's (B, L, D) output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import platform
+import shutil
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipelines.latency import host_description
+
+from .attention import attention_variant
+from .errors import ExportError
+from .palettize import palettize
+
+MIN_PSNR_DB = 35.0  # apple/ml-stable-diffusion's ABSOLUTE_MIN_PSNR
+UNET_BATCH = 2  # classifier-free guidance: unconditional + text, as the Swift package runs it
+DEPLOYMENT_TARGET = "iOS16"  # = macOS13, Core ML spec 7: ML programs with palettized (LUT) weights
+CHECK_EXPORTED = "exported graph (torch.export program run in PyTorch) vs eager PyTorch, float32"
+CHECK_COREML = "Core ML package (MLModel.predict) vs eager PyTorch"
+LATENCY_MAX_RUNS = 10  # timed runs per component (at least 3) ...
+LATENCY_BUDGET_S = 10.0  # ... while their total stays within this many seconds
+HOST_LABEL = "measured on {host} (PyTorch exported graph, not Core ML)"
+COREML_LABEL = "measured with Core ML on {host} (compute units ALL)"
+
+
+# ---------------------------------------------------------------------------------------------- wrappers
+
+
+class TextEncoderForCoreML(nn.Module):
+    """input_ids (1, L) float32 (apple feeds token ids as floats) -> last_hidden_state (1, L, D), pooled (1, D)."""
+
+    input_names = ("input_ids",)
+    output_names = ("last_hidden_state", "pooled_outputs")
+
+    def __init__(self, text_encoder: nn.Module):
+        super().__init__()
+        self.text_encoder = text_encoder
+
+    def forward(self, input_ids: torch.Tensor):
+        out = self.text_encoder(input_ids.to(torch.int64), return_dict=False)
+        return out[0], out[1]
+
+
+class UnetForCoreML(nn.Module):
+    """sample (B, C, h, w), timestep (B,), encoder_hidden_states (B, D, 1, L) -> noise_pred (B, C, h, w)."""
+
+    input_names = ("sample", "timestep", "encoder_hidden_states")
+    output_names = ("noise_pred",)
+
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor):
+        context = encoder_hidden_states.squeeze(2).transpose(1, 2)  # (B, D, 1, L) -> (B, L, D)
+        return self.unet(sample, timestep, encoder_hidden_states=context, return_dict=False)[0]
+
+
+class VAEDecoderForCoreML(nn.Module):
+    """z (1, C, h, w), latents already divided by the scaling factor -> image (1, 3, H, W) in [-1, 1]."""
+
+    input_names = ("z",)
+    output_names = ("image",)
+
+    def __init__(self, decoder: nn.Module):
+        super().__init__()
+        self.decoder = decoder  # CompressedVAEDecoder or AutoencoderKL: decode() = post_quant_conv + decoder
+
+    def forward(self, z: torch.Tensor):
+        return self.decoder.decode(z, return_dict=False)[0]
+
+
+DESCRIPTIONS = {
+    "input_ids": "Token ids of the prompt (CLIP BPE, padded to the model's length), as float32",
+    "last_hidden_state": "Token embeddings from the text encoder's last layer",
+    "pooled_outputs": "Embedding of the end-of-text token (pooled output)",
+    "sample": "Noisy latents being denoised (batch 2: unconditional, text)",
+    "timestep": "Scheduler timestep, one per batch entry",
+    "encoder_hidden_states": "Text embeddings in (B, D, 1, L) layout (transposed last_hidden_state)",
+    "noise_pred": "The UNet's prediction (epsilon or v, see the manifest's scheduler config)",
+    "z": "Denoised latents divided by the VAE scaling factor",
+    "image": "Decoded image in [-1, 1], (1, 3, H, W)",
+}
+
+
+# ---------------------------------------------------------------------------------------------- results
+
+
+@dataclass
+class ComponentReport:
+    """What one converted component produced; JSON-able through ``to_dict``."""
+
+    name: str
+    package: str  # file name inside the export folder, e.g. "Unet.mlpackage"
+    inputs: list[dict]  # [{"name", "shape", "dtype"}], read back from the saved package's spec
+    outputs: list[dict]
+    size_mb: float
+    size_mb_before_quantization: float | None
+    check: dict  # {"exported_graph": {...}, "coreml": {...}}
+    latency: dict  # {"measured": {...}, "estimate": {...} (UNet with a latency table only)}
+    conversion_s: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "package": self.package, "inputs": self.inputs, "outputs": self.outputs,
+            "size_mb": self.size_mb, "size_mb_before_quantization": self.size_mb_before_quantization,
+            "check": self.check, "latency": self.latency, "conversion_s": self.conversion_s, "notes": self.notes,
+        }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- coremltools
+
+
+def import_coremltools():
+    """Import coremltools quietly (it logs warnings about untested torch versions and, off macOS, its missing
+    runtime) and teach its torch.export frontend ``aten.alias`` (an identity op it does not map yet)."""
+    ct_logger = logging.getLogger("coremltools")
+    level = ct_logger.level
+    ct_logger.setLevel(logging.ERROR)
+    try:
+        import coremltools as ct
+        from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+        from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY, register_torch_op
+    finally:
+        ct_logger.setLevel(level)
+    if "alias" not in _TORCH_OPS_REGISTRY:  # CLIP's position_ids[:, :L] exports as aten.alias
+
+        @register_torch_op
+        def alias(context, node):
+            context.add(_get_inputs(context, node)[0], torch_name=node.name)
+
+    return ct
+
+
+def coreml_runtime_available() -> bool:
+    """True where coremltools can run models (macOS with its compiled runtime); never on Linux."""
+    if platform.system() != "Darwin":
+        return False
+    try:
+        from coremltools.libcoremlpython import _MLModelProxy  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _runtime_missing_reason() -> str:
+    if platform.system() != "Darwin":
+        return f"not run: no Core ML runtime on {platform.system()} (coremltools converts here but cannot run models)"
+    return "not run: coremltools' compiled runtime (libcoremlpython) is not available"
+
+
+# ---------------------------------------------------------------------------------------------- numerics
+
+
+def psnr(reference: np.ndarray, test: np.ndarray) -> float:
+    """PSNR in dB of ``test`` against ``reference``, peak = max |reference| (apple's ``compute_psnr``)."""
+    reference = np.asarray(reference, dtype=np.float64)
+    test = np.asarray(test, dtype=np.float64)
+    if reference.shape != test.shape:
+        raise ExportError(f"output shape {test.shape} differs from the reference's {reference.shape}.")
+    rmse = float(np.sqrt(np.mean((reference - test) ** 2)))
+    if not np.isfinite(rmse):
+        return float("-inf")
+    return float(20 * np.log10((np.abs(reference).max() + 1e-5) / (rmse + 1e-10)))
+
+
+def _check(component: str, what: str, references: list[np.ndarray], outputs: list[np.ndarray],
+           names: tuple[str, ...], min_psnr: float) -> dict:  # fmt: skip
+    per_output = {n: round(psnr(r, o), 2) for n, r, o in zip(names, references, outputs)}
+    worst = min(per_output.values())
+    result = {"ran": True, "what": what, "psnr_db": worst, "per_output_psnr_db": per_output,
+              "threshold_db": min_psnr, "passed": bool(worst >= min_psnr)}  # fmt: skip
+    if not result["passed"]:
+        raise ExportError(
+            f"{component}: numeric check failed ({what}): PSNR {worst:.1f} dB is below the {min_psnr:.0f} dB threshold."
+        )
+    return result
+
+
+def _to_numpy(outputs) -> list[np.ndarray]:
+    if isinstance(outputs, torch.Tensor):
+        outputs = (outputs,)
+    return [o.detach().to(torch.float32).cpu().numpy() for o in outputs]
+
+
+# ---------------------------------------------------------------------------------------------- timing
+
+
+def median_ms(fn: Callable[[], object], warmup: int = 1, min_runs: int = 3, max_runs: int = 10,
+              budget_s: float = 20.0) -> tuple[float, int]:  # fmt: skip
+    """Median wall-clock milliseconds of ``fn()`` after ``warmup`` calls: at least ``min_runs`` runs, more (up to
+    ``max_runs``) while the total stays within ``budget_s``. Returns (median ms, runs)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return float(np.median(times)), len(times)
+
+
+def _time_on_host(module: Callable, args: tuple[torch.Tensor, ...], host: str) -> dict:
+    with torch.no_grad():
+        ms, runs = median_ms(lambda: module(*args), max_runs=LATENCY_MAX_RUNS, budget_s=LATENCY_BUDGET_S)
+    return {"ms": round(ms, 3), "runs": runs, "kind": "host-pytorch-exported-graph", "label": HOST_LABEL.format(host=host)}
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _eval_cpu_fp32(module: nn.Module):
+    """The module in eval mode on the CPU in float32: the module itself when it already is, else a copy."""
+    params = list(module.parameters())
+    on_cpu_fp32 = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
+    target = module if on_cpu_fp32 else copy.deepcopy(module).to(device="cpu", dtype=torch.float32)
+    was_training = target.training
+    target.eval()
+    try:
+        yield target
+    finally:
+        if target is module:
+            module.train(was_training)
+
+
+def _export_program(wrapper: nn.Module, args: tuple[torch.Tensor, ...]):
+    """torch.export -> ATen-dialect program, the form coremltools converts."""
+    return torch.export.export(wrapper, args).run_decompositions({})
+
+
+def package_size_mb(path: str) -> float:
+    total = 0
+    for root, _, files in os.walk(path):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total / 2**20
+
+
+def _io_of(spec_features) -> list[dict]:
+    from coremltools.proto import FeatureTypes_pb2
+
+    names = FeatureTypes_pb2.ArrayFeatureType.ArrayDataType
+    return [{"name": f.name, "shape": [int(s) for s in f.type.multiArrayType.shape],
+             "dtype": names.Name(f.type.multiArrayType.dataType).lower()} for f in spec_features]  # fmt: skip
+
+
+def _rename_features(ct, mlmodel, input_names, output_names):
+    """Give the converted model our input/output names (torch.export names outputs after graph nodes)."""
+    spec = mlmodel.get_spec()
+    if len(spec.description.input) != len(input_names) or len(spec.description.output) != len(output_names):
+        raise ExportError(
+            f"converted model has {len(spec.description.input)} inputs / {len(spec.description.output)} outputs; "
+            f"expected {len(input_names)} / {len(output_names)}."
+        )
+    for feature, name in zip(list(spec.description.input), input_names):
+        if feature.name != name:
+            ct.utils.rename_feature(spec, feature.name, name, rename_outputs=False)
+    for feature, name in zip(list(spec.description.output), output_names):
+        if feature.name != name:
+            ct.utils.rename_feature(spec, feature.name, name, rename_inputs=False)
+    return ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir, skip_model_load=True)
+
+
+# ---------------------------------------------------------------------------------------------- the conversion
+
+
+@dataclass
+class ConvertOptions:
+    precision: str = "fp16"
+    nbits: int | None = None  # palettization bits; None = no quantization
+    min_psnr: float = MIN_PSNR_DB
+    progress: Callable[[float, str], None] | None = None  # fraction within this component, message
+    metadata: dict = field(default_factory=dict)
+
+
+def _convert(name: str, wrapper: nn.Module, inputs: OrderedDict[str, torch.Tensor], package_path: str,
+             opts: ConvertOptions, reference_fn: Callable[[], object] | None = None) -> ComponentReport:  # fmt: skip
+    """Export, check, convert, (palettize,) save and time one wrapped component; returns its report."""
+    say = opts.progress or (lambda f, m: None)
+    t_start = time.perf_counter()
+    args = tuple(inputs.values())
+    output_names = wrapper.output_names
+
+    # 1. eager reference (float32 PyTorch); reference_fn lets the UNet use the original attention
+    with torch.no_grad():
+        reference = _to_numpy(reference_fn() if reference_fn is not None else wrapper(*args))
+
+    # 2. torch.export, then the numeric check of the exported graph against the eager reference
+    say(0.05, f"{name}: torch.export")
+    try:
+        with torch.no_grad():
+            program = _export_program(wrapper, args)
+    except Exception as e:  # torch.export reports unsupported Python as many exception types
+        raise ExportError(f"{name}: torch.export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+    exported = program.module()
+    with torch.no_grad():
+        outputs = _to_numpy(exported(*args))
+    check = {"exported_graph": _check(name, CHECK_EXPORTED, reference, outputs, output_names, opts.min_psnr)}
+    host = host_description()
+    runtime = coreml_runtime_available()
+    if not runtime:  # time the exported graph now, so it can be freed before the memory-hungry conversion
+        say(0.15, f"{name}: timing the exported graph on this host")
+        measured = _time_on_host(exported, args, host)
+    del exported
+
+    # 3. coremltools.convert (ML program), our feature names and descriptions
+    say(0.25, f"{name}: coremltools.convert ({opts.precision})")
+    ct = import_coremltools()
+    precision = ct.precision.FLOAT16 if opts.precision == "fp16" else ct.precision.FLOAT32
+    try:
+        mlmodel = ct.convert(
+            program, convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET),
+            compute_precision=precision, skip_model_load=True,
+        )  # fmt: skip
+    except Exception as e:  # an op coremltools cannot translate, etc.
+        raise ExportError(f"{name}: coremltools.convert failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+    del program
+    mlmodel = _rename_features(ct, mlmodel, wrapper.input_names, output_names)
+    mlmodel.short_description = f"SnapFusion {name} exported by snapfusion/export (torch.export + coremltools)"
+    for n in (*wrapper.input_names, *output_names):
+        if n in DESCRIPTIONS:
+            (mlmodel.input_description if n in wrapper.input_names else mlmodel.output_description)[n] = DESCRIPTIONS[n]
+    mlmodel.user_defined_metadata.update({k: str(v) for k, v in opts.metadata.items()})
+    mlmodel.save(package_path)
+    size_before = package_size_mb(package_path)
+
+    # 4. palettization (k-means LUT), replacing the saved float package
+    size_before_q = None
+    if opts.nbits is not None:
+        say(0.6, f"{name}: {opts.nbits}-bit k-means palettization")
+        mlmodel = palettize(mlmodel, opts.nbits)
+        shutil.rmtree(package_path)
+        mlmodel.save(package_path)
+        size_before_q = round(size_before, 3)
+    size = package_size_mb(package_path)
+
+    # 5. the package itself, where Core ML can run it
+    if runtime:
+        say(0.8, f"{name}: Core ML check")
+        loaded = ct.models.MLModel(package_path, compute_units=ct.ComputeUnit.ALL)
+        feed = {k: v.numpy() for k, v in inputs.items()}
+        predicted = loaded.predict(feed)
+        check["coreml"] = _check(name, CHECK_COREML, reference, [predicted[n] for n in output_names], output_names,
+                                 opts.min_psnr)  # fmt: skip
+        ms, runs = median_ms(lambda: loaded.predict(feed), max_runs=LATENCY_MAX_RUNS, budget_s=LATENCY_BUDGET_S)
+        measured = {"ms": round(ms, 3), "runs": runs, "kind": "coreml", "label": COREML_LABEL.format(host=host)}
+    else:
+        check["coreml"] = {"ran": False, "what": CHECK_COREML, "reason": _runtime_missing_reason()}
+    spec = ct.models.MLModel(package_path, skip_model_load=True).get_spec()
+    say(1.0, f"{name}: done ({size:.2f} MB)")
+    return ComponentReport(
+        name=name, package=os.path.basename(package_path), inputs=_io_of(spec.description.input),
+        outputs=_io_of(spec.description.output), size_mb=round(size, 3), size_mb_before_quantization=size_before_q,
+        check=check, latency={"measured": measured}, conversion_s=round(time.perf_counter() - t_start, 2),
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- converters
+
+
+def text_length(pipe) -> int:
+    """Token sequence length L the text encoder runs at (tokenizer length, capped by its position table)."""
+    length = 77
+    if getattr(pipe, "tokenizer", None) is not None:
+        length = int(min(pipe.tokenizer.model_max_length, 4096))
+    if getattr(pipe, "text_encoder", None) is not None:
+        length = min(length, int(pipe.text_encoder.config.max_position_embeddings))
+    return length
+
+
+def decoder_of(pipe) -> nn.Module:
+    """The module that decodes latents: ``vae_decoder`` when the pipeline has one, else ``vae``."""
+    return pipe.vae_decoder if getattr(pipe, "vae_decoder", None) is not None else pipe.vae
+
+
+def convert_text_encoder(pipe, package_path: str, opts: ConvertOptions) -> ComponentReport:
+    """TextEncoder.mlpackage from ``pipe.text_encoder``; sample input = the tokenized check prompt."""
+    length = text_length(pipe)
+    ids = pipe.tokenizer(["a photo of a red circle"], padding="max_length", max_length=length, truncation=True,
+                         return_tensors="pt").input_ids  # fmt: skip
+    inputs = OrderedDict(input_ids=ids.to(torch.float32))  # (1, L)
+    with _eval_cpu_fp32(pipe.text_encoder) as te:
+        return _convert("text_encoder", TextEncoderForCoreML(te), inputs, package_path, opts)
+
+
+def convert_unet(pipe, package_path: str, opts: ConvertOptions, height: int, width: int,
+                 attention: str = "original") -> ComponentReport:  # fmt: skip
+    """Unet.mlpackage at latent size (height/f, width/f), batch 2; ``attention="split_einsum"`` swaps in
+    the per-head einsum attention for the export and checks it against the original attention's output."""
+    f = pipe.vae_scale_factor
+    cfg = pipe.unet.config
+    gen = torch.Generator().manual_seed(0)
+    context_dim = cfg.cross_attention_dim
+    inputs = OrderedDict(
+        sample=torch.randn(UNET_BATCH, cfg.in_channels, height // f, width // f, generator=gen),  # (2, C, h, w)
+        timestep=torch.full((UNET_BATCH,), float(pipe.scheduler.config.num_train_timesteps - 1)),  # (2,)
+        encoder_hidden_states=torch.randn(UNET_BATCH, context_dim, 1, text_length(pipe), generator=gen),  # (2, D, 1, L)
+    )
+    args = tuple(inputs.values())
+    with _eval_cpu_fp32(pipe.unet) as unet:
+        wrapper = UnetForCoreML(unet)
+        with torch.no_grad():
+            reference = wrapper(*args)  # original attention
+        try:
+            with attention_variant(unet, attention):
+                report = _convert("unet", wrapper, inputs, package_path, opts, reference_fn=lambda: reference)
+        except ValueError as e:
+            if isinstance(e, ExportError):
+                raise
+            raise ExportError(f"unet: {e}") from e
+    report.notes.append(f"attention: {attention}")
+    return report
+
+
+def convert_vae_decoder(pipe, package_path: str, opts: ConvertOptions, height: int, width: int) -> ComponentReport:
+    """VAEDecoder.mlpackage from ``pipe.vae_decoder`` if present, else ``pipe.vae`` (post_quant_conv + decoder)."""
+    decoder = decoder_of(pipe)
+    f = pipe.vae_scale_factor
+    latent_channels = decoder.config.latent_channels
+    gen = torch.Generator().manual_seed(0)
+    # z = latents / scaling_factor; denoised latents have about unit variance
+    z = torch.randn(1, latent_channels, height // f, width // f, generator=gen) / decoder.config.scaling_factor
+    with _eval_cpu_fp32(decoder) as dec:
+        report = _convert("vae_decoder", VAEDecoderForCoreML(dec), OrderedDict(z=z), package_path, opts)
+    report.notes.append(f"decoder: {'vae_decoder' if decoder is getattr(pipe, 'vae_decoder', None) else 'vae'} "
+                        f"({type(decoder).__name__}); input z = latents / {decoder.config.scaling_factor}")  # fmt: skip
+    return report
+
+
+CONVERTERS = {"text_encoder": convert_text_encoder, "unet": convert_unet, "vae_decoder": convert_vae_decoder}
+
+__all__ = [
+    "CONVERTERS", "MIN_PSNR_DB", "UNET_BATCH", "ComponentReport", "ConvertOptions", "convert_text_encoder",
+    "convert_unet", "convert_vae_decoder", "coreml_runtime_available", "import_coremltools", "median_ms", "psnr",
+]  # fmt: skip

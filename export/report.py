@@ -1,0 +1,113 @@
+"""ExportReport: what an export produced, as JSON (the folder's manifest.json) and as a short Markdown table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .convert import ComponentReport
+from .options import MANIFEST_FORMAT
+
+
+@dataclass
+class ExportReport:
+    out_dir: str
+    components: dict[str, ComponentReport]
+    precision: str
+    quantization: dict  # {"bits": None | 8 | 6 | 4, "method": ..., "weight_threshold": ...}
+    attention: str
+    image: dict  # height, width, latent sizes, vae_scale_factor, latent_channels, scaling_factor
+    text: dict  # sequence length, hidden size, tokenizer files
+    scheduler: dict  # {"class": ..., "config": {...}}
+    num_inference_steps: int  # the model's recommended values (pipeline config)
+    guidance_scale: float
+    end_to_end: dict  # {"measured": {...} | None, "estimate": {...} | None}
+    source: dict  # model path / id or preset, pipeline class
+    environment: dict
+    deployment_target: str
+    unet_batch: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def cfg(self) -> bool:
+        return self.guidance_scale > 1.0
+
+    def to_dict(self) -> dict:
+        """JSON-able; this is also the content of ``manifest.json`` (which leaves out ``out_dir``)."""
+        return {
+            "format": MANIFEST_FORMAT,
+            "out_dir": self.out_dir,
+            "source": self.source,
+            "components": {k: v.to_dict() for k, v in self.components.items()},
+            "precision": self.precision,
+            "quantization": self.quantization,
+            "attention": self.attention,
+            "deployment_target": self.deployment_target,
+            "image": self.image,
+            "text": self.text,
+            "scheduler": self.scheduler,
+            "num_inference_steps": self.num_inference_steps,
+            "guidance_scale": self.guidance_scale,
+            "cfg": self.cfg,
+            "unet_batch": self.unet_batch,
+            "numeric_checks": {k: _check_summary(v.check) for k, v in self.components.items()},
+            "end_to_end": self.end_to_end,
+            "environment": self.environment,
+            "notes": self.notes,
+        }
+
+    def to_markdown(self) -> str:
+        """A short human table: per component package, size, PSNR and which check, latency and its kind."""
+        bits = self.quantization.get("bits")
+        lines = [
+            (
+                f"Core ML export to `{self.out_dir}`: {self.precision}, "
+                f"{f'{bits}-bit k-means palettization' if bits else 'no quantization'}, attention {self.attention}, "
+                f"{self.image['width']}x{self.image['height']} px, {self.num_inference_steps} steps, "
+                f"guidance {self.guidance_scale:g}{' (CFG, UNet batch 2)' if self.cfg else ''}"
+            ),
+            "",
+            "| component | package | size MB | numeric check | latency |",
+            "|---|---|---|---|---|",
+        ]
+        for c in self.components.values():
+            size = f"{c.size_mb:.2f}"
+            if c.size_mb_before_quantization is not None:
+                size += f" ({c.size_mb_before_quantization:.2f} before)"
+            lines.append(f"| {c.name} | {c.package} | {size} | {_check_cell(c.check)} | {_latency_cell(c.latency)} |")
+        e2e = self.end_to_end
+        if e2e.get("measured"):
+            m = e2e["measured"]
+            lines += ["", f"End to end: {m['ms']:.1f} ms = {m['formula']}, {m['label']}"]
+        elif e2e.get("measured_note"):
+            lines += ["", f"End to end: {e2e['measured_note']}"]
+        if e2e.get("estimate"):
+            est = e2e["estimate"]
+            lines.append(f"Estimate (not a measurement): {est['ms']:.1f} ms = {est['formula']}, {est['label']}")
+        return "\n".join(lines)
+
+
+def _check_summary(check: dict) -> dict:
+    return {k: ({"ran": True, "psnr_db": v["psnr_db"], "passed": v["passed"]} if v.get("ran")
+                else {"ran": False, "reason": v.get("reason", "")}) for k, v in check.items()}  # fmt: skip
+
+
+def _check_cell(check: dict) -> str:
+    parts = []
+    g = check.get("exported_graph")
+    if g and g.get("ran"):
+        parts.append(f"exported graph vs eager: {g['psnr_db']:.1f} dB ({'pass' if g['passed'] else 'FAIL'})")
+    c = check.get("coreml", {})
+    if c.get("ran"):
+        parts.append(f"Core ML package: {c['psnr_db']:.1f} dB ({'pass' if c['passed'] else 'FAIL'})")
+    else:
+        parts.append("Core ML package: not run (no Core ML runtime)")
+    return "; ".join(parts)
+
+
+def _latency_cell(latency: dict) -> str:
+    m = latency["measured"]
+    text = f"{m['ms']:.1f} ms, {m['label']}, median of {m['runs']}"
+    est = latency.get("estimate")
+    if est:
+        text += f"; estimate {est['ms']:.1f} ms per call ({est['label']})"
+    return text

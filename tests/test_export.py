@@ -1,0 +1,475 @@
+"""Core ML export (export/): tiny seeded pipelines saved to temp folders -> .mlpackage folders for apple's Swift
+package. Two module-scoped exports are shared by most tests (conversion is the slow part):
+
+* ``efficient_export``: efficient UNet pipeline, text encoder + UNet + decoder, fp16, 6-bit palettization, with a
+  latency table;
+* ``stock_export``: diffusers ``UNet2DConditionModel`` pipeline (compressed decoder), UNet only, fp16, split-einsum
+  attention, with a latency table (priced through ``EfficientUNet2DConditionModel.from_unet``).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from export import convert
+from export import ExportError, export_pipeline, zip_export
+from export.attention import SplitEinsumAttnProcessor, attention_variant
+from export.loading import load_pipeline_for_export
+from export.palettize import kmeans_1d, kmeans_lut
+from pipelines import EfficientUNet2DConditionModel
+from pipelines.latency import LatencyTable
+from pipelines.tiny import tiny_efficient_unet, tiny_pipeline, tiny_stock_unet, tiny_vae
+
+REPO = Path(__file__).resolve().parent.parent
+ct = convert.import_coremltools()
+
+# Tiny shapes (pipelines/tiny.py): 16x16 latents, VAE factor 2 -> 32x32 images, 16 tokens, 32-d text features.
+L, D, LAT, IMG = 16, 32, 16, 32
+
+
+def _spec(path):
+    return ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+
+
+def _io(features):
+    return {f.name: tuple(int(s) for s in f.type.multiArrayType.shape) for f in features}
+
+
+def _op_types(spec) -> set[str]:
+    return {op.type for f in spec.mlProgram.functions.values() for b in f.block_specializations.values()
+            for op in b.operations}  # fmt: skip
+
+
+def _table_for(unet, path):
+    eff = unet if isinstance(unet, EfficientUNet2DConditionModel) else EfficientUNet2DConditionModel.from_unet(unet)
+    table = LatencyTable.measure(eff, LAT, LAT, batch=2, context_len=L, warmup=0, repeats=1)
+    table.save(str(path))
+    return table, eff
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    dirs = {}
+    for kind, kwargs in (("efficient", {}), ("stock", {"unet": "stock", "compressed_decoder": True})):
+        dirs[kind] = str(root / kind)
+        tiny_pipeline(0, **kwargs).save_pretrained(dirs[kind], safe_serialization=True)
+    return dirs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine, two OpenMP threads competing with other jobs stall each
+    other at every barrier and tiny models run 10-100x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def small_pipe():
+    return tiny_pipeline(0)
+
+
+@pytest.fixture(scope="module")
+def fast_timing():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(convert, "LATENCY_BUDGET_S", 0.0)  # 3 timed runs per component, enough for a tiny model
+        yield
+
+
+@pytest.fixture(scope="module")
+def efficient_export(model_dirs, tmp_path_factory, fast_timing):
+    tmp = tmp_path_factory.mktemp("efficient_export")
+    pipe = load_pipeline_for_export(model_dirs["efficient"])
+    table, _ = _table_for(pipe.unet, tmp / "table.json")
+    calls = []
+    out = tmp / "coreml"
+    report = export_pipeline(pipe, out, quantize="6", latency_table=str(tmp / "table.json"),
+                             progress=lambda f, m: calls.append((f, m)))  # fmt: skip
+    return SimpleNamespace(pipe=pipe, report=report, out=out, table=table, progress=calls)
+
+
+@pytest.fixture(scope="module")
+def stock_export(model_dirs, tmp_path_factory, fast_timing):
+    tmp = tmp_path_factory.mktemp("stock_export")
+    pipe = load_pipeline_for_export(model_dirs["stock"], ("unet",))
+    table, eff = _table_for(pipe.unet, tmp / "table.json")
+    out = tmp / "coreml"
+    report = export_pipeline(pipe, out, components="unet", attention="split_einsum",
+                             latency_table=str(tmp / "table.json"))  # fmt: skip
+    return SimpleNamespace(pipe=pipe, report=report, out=out, table=table, eff=eff)
+
+
+# ---------------------------------------------------------------------------------------------- packages
+
+
+EXPECTED = {
+    "TextEncoder.mlpackage": ({"input_ids": (1, L)}, {"last_hidden_state": (1, L, D), "pooled_outputs": (1, D)}),
+    "Unet.mlpackage": ({"sample": (2, 4, LAT, LAT), "timestep": (2,), "encoder_hidden_states": (2, D, 1, L)},
+                       {"noise_pred": (2, 4, LAT, LAT)}),
+    "VAEDecoder.mlpackage": ({"z": (1, 4, LAT, LAT)}, {"image": (1, 3, IMG, IMG)}),
+}  # fmt: skip
+
+
+def test_efficient_export_packages_have_documented_io(efficient_export):
+    out = efficient_export.out
+    assert sorted(os.listdir(out)) == sorted([*EXPECTED, "manifest.json", "merges.txt", "vocab.json"])
+    for package, (inputs, outputs) in EXPECTED.items():
+        spec = _spec(out / package)
+        assert spec.WhichOneof("Type") == "mlProgram"
+        assert spec.specificationVersion >= 7  # iOS16 / macOS13
+        assert _io(spec.description.input) == inputs, package
+        assert _io(spec.description.output) == outputs, package
+    manifest = json.loads((out / "manifest.json").read_text())
+    unet = manifest["components"]["unet"]
+    assert [(i["name"], tuple(i["shape"])) for i in unet["inputs"]] == list(EXPECTED["Unet.mlpackage"][0].items())
+    assert unet["inputs"][0]["dtype"] in ("float32", "float16")
+
+
+def test_stock_unet_exports_with_split_einsum(stock_export):
+    assert sorted(os.listdir(stock_export.out)) == ["Unet.mlpackage", "manifest.json", "merges.txt", "vocab.json"]
+    spec = _spec(stock_export.out / "Unet.mlpackage")
+    inputs, outputs = EXPECTED["Unet.mlpackage"]
+    assert _io(spec.description.input) == inputs
+    assert _io(spec.description.output) == outputs
+    rep = stock_export.report.components["unet"]
+    assert "attention: split_einsum" in rep.notes
+    assert stock_export.report.attention == "split_einsum"
+    # the pipeline's own UNet got its original processors back
+    procs = {type(m.processor).__name__ for m in stock_export.pipe.unet.modules() if hasattr(m, "processor")}
+    assert "SplitEinsumAttnProcessor" not in procs
+
+
+def test_numeric_check_ran_and_passed(efficient_export, stock_export):
+    reports = [*efficient_export.report.components.values(), *stock_export.report.components.values()]
+    assert [r.name for r in reports] == ["text_encoder", "unet", "vae_decoder", "unet"]
+    for r in reports:
+        check = r.check["exported_graph"]
+        assert check["ran"] and check["passed"]
+        assert check["psnr_db"] >= convert.MIN_PSNR_DB == 35.0
+        if not convert.coreml_runtime_available():
+            assert r.check["coreml"]["ran"] is False and "not run" in r.check["coreml"]["reason"]
+    summary = json.loads((efficient_export.out / "manifest.json").read_text())["numeric_checks"]
+    assert set(summary) == {"text_encoder", "unet", "vae_decoder"}
+    assert all(v["exported_graph"]["passed"] for v in summary.values())
+
+
+def test_six_bit_export_is_smaller_than_fp16(efficient_export, stock_export):
+    unet = efficient_export.report.components["unet"]
+    assert unet.size_mb_before_quantization is not None
+    # tiny models are mostly program text and tensors under the palettization threshold, so the gain is small here
+    assert unet.size_mb < unet.size_mb_before_quantization
+    assert unet.size_mb == pytest.approx(convert.package_size_mb(str(efficient_export.out / "Unet.mlpackage")), abs=1e-3)
+    assert "constexpr_lut_to_dense" in _op_types(_spec(efficient_export.out / "Unet.mlpackage"))
+    # the unquantized fp16 export has plain weights
+    assert "constexpr_lut_to_dense" not in _op_types(_spec(stock_export.out / "Unet.mlpackage"))
+    assert stock_export.report.components["unet"].size_mb_before_quantization is None
+    assert efficient_export.report.quantization["bits"] == 6
+
+
+def test_manifest_records_pipeline_settings(efficient_export):
+    pipe, report = efficient_export.pipe, efficient_export.report
+    manifest = json.loads((efficient_export.out / "manifest.json").read_text())
+    assert manifest["format"] == "snapfusion-coreml-export/1"
+    assert "out_dir" not in manifest  # the folder can move; paths inside are relative
+    assert manifest["num_inference_steps"] == pipe.config.default_num_inference_steps
+    assert manifest["guidance_scale"] == pipe.config.default_guidance_scale
+    assert manifest["scheduler"]["class"] == type(pipe.scheduler).__name__
+    assert manifest["scheduler"]["config"]["prediction_type"] == pipe.scheduler.config.prediction_type
+    assert manifest["image"] == {"height": IMG, "width": IMG, "latent_height": LAT, "latent_width": LAT,
+                                 "vae_scale_factor": 2, "latent_channels": 4, "scaling_factor": 0.18215}  # fmt: skip
+    assert manifest["precision"] == "fp16" and manifest["attention"] == "original"
+    assert manifest["components"]["unet"]["package"] == "Unet.mlpackage"
+    assert json.loads(json.dumps(report.to_dict())) == report.to_dict()
+    fractions = [f for f, _ in efficient_export.progress]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_tokenizer_files_round_trip(efficient_export):
+    from transformers import CLIPTokenizer
+
+    out, pipe = efficient_export.out, efficient_export.pipe
+    merges = (out / "merges.txt").read_text().splitlines()
+    assert merges[0].startswith("#version") and all(len(m.split(" ")) == 2 for m in merges[1:])
+    tok = CLIPTokenizer(str(out / "vocab.json"), str(out / "merges.txt"), pad_token="<|endoftext|>")
+    for prompt in ("a photo of a red circle", "big blue triangle above the small square"):
+        assert tok(prompt).input_ids == pipe.tokenizer(prompt).input_ids
+
+
+def test_latency_measured_and_estimated_are_labelled(efficient_export):
+    report, table = efficient_export.report, efficient_export.table
+    unet = report.components["unet"].latency
+    assert unet["measured"]["kind"] == "host-pytorch-exported-graph"
+    assert "(PyTorch exported graph, not Core ML)" in unet["measured"]["label"]
+    assert unet["measured"]["ms"] > 0 and unet["measured"]["runs"] >= 3
+    est = unet["estimate"]
+    assert est["kind"] == "estimate" and est["label"].startswith("estimate for ") and "not a measurement" in est["label"]
+    expected = table.estimate(efficient_export.pipe.unet, LAT, LAT)["total_ms"]
+    assert est["ms"] == pytest.approx(expected, rel=1e-3)
+    steps = efficient_export.pipe.config.default_num_inference_steps
+    e2e = report.end_to_end
+    m = {c: report.components[c].latency["measured"]["ms"] for c in ("text_encoder", "unet", "vae_decoder")}
+    assert e2e["measured"]["ms"] == pytest.approx(2 * m["text_encoder"] + steps * m["unet"] + m["vae_decoder"], rel=1e-3)
+    assert "CFG" in e2e["measured"]["formula"]
+    assert e2e["estimate"]["ms"] == pytest.approx(steps * est["ms"], rel=1e-3)
+    md = report.to_markdown()
+    assert "| unet | Unet.mlpackage |" in md
+    estimate_lines = [line for line in md.splitlines() if line.startswith("Estimate")]
+    assert estimate_lines and all("not a measurement" in line and "exported graph" not in line for line in estimate_lines)
+
+
+def test_stock_unet_priced_through_from_unet(stock_export):
+    est = stock_export.report.components["unet"].latency["estimate"]
+    assert "from_unet" in est["note"]
+    assert est["ms"] == pytest.approx(stock_export.table.estimate(stock_export.eff, LAT, LAT)["total_ms"], rel=1e-3)
+    assert stock_export.report.end_to_end["measured"] is None  # only the UNet was exported
+
+
+def test_zip_export(efficient_export, tmp_path):
+    out = efficient_export.out
+    target = tmp_path / "bundle.zip"
+    path = zip_export(str(out), zip_path=str(target))
+    assert path == str(target)
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        assert "coreml/manifest.json" in names and "coreml/vocab.json" in names
+        assert any(n.startswith("coreml/Unet.mlpackage/") and n.endswith("Manifest.json") for n in names)
+        assert json.loads(zf.read("coreml/manifest.json"))["format"] == "snapfusion-coreml-export/1"
+    with pytest.raises(ExportError, match="exists"):
+        zip_export(str(out), zip_path=str(target))
+    assert zip_export(str(out), zip_path=str(target), overwrite=True) == str(target)
+    with pytest.raises(ExportError, match="not an export folder"):
+        zip_export(str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+
+
+@pytest.mark.parametrize("module", ["efficient", "stock", "vae"])
+def test_split_einsum_attention_matches_original(module):
+    if module == "vae":  # the decoder's mid-block attention: group norm, residual, rescale
+        net = tiny_vae(0)
+        x = torch.randn(1, 4, 8, 8)
+
+        def run():
+            return net.decode(x).sample
+    else:
+        net = tiny_efficient_unet(0) if module == "efficient" else tiny_stock_unet(0)
+        x = (torch.randn(2, 4, 8, 8), torch.tensor([999.0, 999.0]), torch.randn(2, L, D))
+
+        def run():
+            return net(*x).sample
+
+    with torch.no_grad():
+        reference = run()
+        with attention_variant(net, "split_einsum"):
+            procs = [m.processor for m in net.modules() if hasattr(m, "processor")]
+            assert procs and all(isinstance(p, SplitEinsumAttnProcessor) for p in procs)
+            swapped = run()
+        restored = run()
+    assert torch.allclose(swapped, reference, atol=1e-5, rtol=1e-4)
+    assert torch.equal(restored, reference)
+
+
+def test_kmeans_palettization():
+    rng = np.random.default_rng(0)
+    clustered = np.concatenate([rng.normal(m, 0.01, 500) for m in (-1.0, 0.0, 2.0, 5.0)]).astype(np.float32)
+    lut, idx = kmeans_lut(2)(clustered)
+    assert lut.dtype == np.float32 and idx.dtype == np.uint8 and idx.shape == (2000,)
+    assert np.allclose(np.sort(lut), [-1.0, 0.0, 2.0, 5.0], atol=0.01)
+    assert np.array_equal(np.bincount(idx), [500] * 4)
+    w = rng.laplace(0, 1, 20000).astype(np.float16)
+    values, counts = np.unique(w, return_counts=True)
+    x = values.astype(np.float64)
+    for bits in (8, 6, 4):
+        c = kmeans_1d(values, counts, 1 << bits)
+
+        def err(cent):
+            return np.sum(counts * (x - cent[np.searchsorted((cent[1:] + cent[:-1]) / 2, x)]) ** 2)
+
+        ratio = err(c) / err(np.linspace(x[0], x[-1], 1 << bits))
+        assert ratio < (1.0 if bits == 8 else 0.5), bits  # never worse than uniform levels, far better at 6/4 bits
+    few = np.array([0.5, -0.5, 0.5, 0.25], dtype=np.float16)  # fewer distinct values than entries: exact
+    lut, idx = kmeans_lut(4)(few)
+    assert np.array_equal(lut[idx], few)
+
+
+def test_psnr_follows_apples_definition():
+    ref = np.array([1.0, -2.0, 0.5])
+    assert convert.psnr(ref, ref) > 150
+    noisy = ref + np.array([0.02, -0.02, 0.02])
+    assert convert.psnr(ref, noisy) == pytest.approx(20 * np.log10(2.0 / 0.02), abs=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"components": "unet,text"}, "unknown component 'text'"),
+    ({"components": ""}, "components must name"),
+    ({"components": "unet,unet"}, "twice"),
+    ({"precision": "fp8"}, "precision must be one of fp16, fp32; got 'fp8'"),
+    ({"quantize": "5"}, "quantize must be one of none, 8, 6, 4"),
+    ({"quantize": 3}, "quantize must be one of"),
+    ({"attention": "fancy"}, "attention must be one of original, split_einsum; got 'fancy'"),
+    ({"height": 40}, "height must be a positive multiple of 16"),
+    ({"width": 0}, "width must be a positive multiple of 16"),
+    ({"height": 32.0}, "height must be"),
+])  # fmt: skip
+def test_bad_options_are_refused_before_writing(small_pipe, tmp_path, kwargs, message):
+    out = tmp_path / "out"
+    with pytest.raises(ExportError, match=message):
+        export_pipeline(small_pipe, out, **kwargs)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("component, remove, message", [
+    ("unet", ["unet"], "no 'unet' component"),
+    ("vae_decoder", ["vae"], "no 'vae_decoder' component"),
+    ("text_encoder", ["tokenizer"], "no 'text_encoder' component"),
+])  # fmt: skip
+def test_model_folder_without_component(model_dirs, tmp_path, component, remove, message):
+    folder = tmp_path / "model"
+    shutil.copytree(model_dirs["efficient"], folder)
+    for name in remove:
+        shutil.rmtree(folder / name)
+    with pytest.raises(ExportError, match=message):
+        load_pipeline_for_export(str(folder), (component,))
+
+
+def test_hub_id_offline_fails_with_one_clear_message():
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    with pytest.raises(ExportError) as err:
+        load_pipeline_for_export("nobody-here/no-such-model")
+    msg = str(err.value)
+    assert "\n" not in msg and "nobody-here/no-such-model" in msg and "HF_HUB_OFFLINE" in msg
+
+
+def test_existing_output_is_not_touched(small_pipe, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    before = os.stat(out / "keep.txt").st_mtime_ns
+    with pytest.raises(ExportError, match="exists and is not empty; pass overwrite=True"):
+        export_pipeline(small_pipe, out, components="text_encoder")
+    with pytest.raises(ExportError, match="not a previous export"):  # overwrite never deletes foreign folders
+        export_pipeline(small_pipe, out, components="text_encoder", overwrite=True)
+    assert os.listdir(out) == ["keep.txt"] and os.stat(out / "keep.txt").st_mtime_ns == before
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+class _Skewed(nn.Module):
+    """Stands in for a conversion that changed the numbers: outputs scaled by 1.5."""
+
+    input_names = convert.TextEncoderForCoreML.input_names
+    output_names = convert.TextEncoderForCoreML.output_names
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids):
+        return tuple(o * 1.5 for o in self.inner(input_ids))
+
+
+def test_failed_numeric_check_keeps_nothing(efficient_export, tmp_path, monkeypatch):
+    real = convert._export_program
+    monkeypatch.setattr(convert, "_export_program", lambda wrapper, args: real(_Skewed(wrapper), args))
+    new = tmp_path / "new"
+    with pytest.raises(ExportError, match=r"text_encoder: numeric check failed .* PSNR \d+\.\d dB is below the 35 dB"):
+        export_pipeline(efficient_export.pipe, new, components="text_encoder")
+    assert os.listdir(tmp_path) == []  # no output folder, no leftover temporary folder
+    # replacing a previous export: a failed run leaves the previous one as it was
+    old = tmp_path / "old"
+    shutil.copytree(efficient_export.out, old)
+    listing = sorted(os.listdir(old))
+    with pytest.raises(ExportError, match="numeric check failed"):
+        export_pipeline(efficient_export.pipe, old, components="text_encoder", overwrite=True)
+    assert sorted(os.listdir(old)) == listing and sorted(os.listdir(tmp_path)) == ["old"]
+
+
+def test_latency_table_errors(efficient_export, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(ExportError, match="not a latency table"):
+        export_pipeline(efficient_export.pipe, tmp_path / "o", latency_table=str(bad))
+    empty = LatencyTable(entries={}, device="phone", source="hand-made")
+    with pytest.raises(ExportError, match="has no entry for"):
+        export_pipeline(efficient_export.pipe, tmp_path / "o", latency_table=empty)
+    with pytest.raises(ExportError, match="prices the UNet"):
+        export_pipeline(efficient_export.pipe, tmp_path / "o", components="text_encoder", latency_table=empty)
+    assert sorted(os.listdir(tmp_path)) == ["bad.json"]
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def _cli(*args):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "export", *args], cwd=REPO, env=env, capture_output=True, text=True, check=False,
+                          timeout=300)  # fmt: skip
+
+
+def test_cli_exports_text_encoder_and_zips(model_dirs, tmp_path):
+    out = tmp_path / "cli_out"
+    proc = _cli("--model", model_dirs["efficient"], "--components", "text_encoder", "--precision", "fp32",
+                "--out", str(out), "--zip")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(os.listdir(out)) == ["TextEncoder.mlpackage", "manifest.json", "merges.txt", "vocab.json"]
+    assert _io(_spec(out / "TextEncoder.mlpackage").description.output) == EXPECTED["TextEncoder.mlpackage"][1]
+    assert json.loads((out / "manifest.json").read_text())["precision"] == "fp32"
+    assert "| text_encoder | TextEncoder.mlpackage |" in proc.stdout
+    assert f"zip: {out}.zip" in proc.stdout and zipfile.is_zipfile(f"{out}.zip")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--quantize", "5"], "quantize must be one of none, 8, 6, 4"),
+    (["--components", "unet,text"], "unknown component 'text'"),
+    (["--height", "abc"], "--height must be an integer"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])  # fmt: skip
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, args, message):
+    proc = _cli("--model", "unused", "--out", str(tmp_path / "o"), *args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    assert os.listdir(tmp_path) == []
+
+
+def test_cli_refuses_missing_component_and_existing_output(model_dirs, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(model_dirs["efficient"], folder)
+    shutil.rmtree(folder / "unet")
+    proc = _cli("--model", str(folder), "--components", "unet", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no 'unet' component" in proc.stderr
+    proc = _cli("--model", str(folder), "--out", str(folder))
+    assert proc.returncode == 2 and "exists and is not empty" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_sigterm_leaves_no_partial_folder(model_dirs, tmp_path):
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "export", "--model", model_dirs["efficient"], "--components",
+                             "text_encoder", "--out", str(tmp_path / "o")], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 240
+    while not any(p.name.startswith(".o.partial-") for p in tmp_path.iterdir()):
+        assert proc.poll() is None and time.time() < deadline, "the export never started"
+        time.sleep(0.05)
+    proc.terminate()
+    assert proc.wait(timeout=120) == 128 + 15
+    assert os.listdir(tmp_path) == []
