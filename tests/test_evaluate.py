@@ -205,6 +205,8 @@ def test_evaluate_end_to_end_writes_json_and_curve(tmp_path, capsys, model64):
     res = json.loads((out / "results.json").read_text())
     assert res["model"] == os.path.abspath(model64) and res["num_images"] == K and res["steps"] == 1
     assert res["machine"] and [r["guidance"] for r in res["results"]] == [1.0, 3.0]
+    assert res["alignment_true_renders"] > 0.98 and res["alignment_unrelated_renders"] < 0.6
+    assert res["reference_feature_trace"] > res["floor_fid"] > 0
     for r in res["results"]:
         assert 0.0 <= r["alignment"] <= 1.0 and r["fid"] > r["floor_fid"] >= 0  # an untrained model is off
         assert set(r["alignment_per_attribute"]) == set(ev.ATTRIBUTE_KINDS)

@@ -11,6 +11,9 @@ world (``training/toy_world.py``) with the probe (``training/probe.py``) in plac
   ``ToyWorld(seed).heldout(0, K)``). The prompts are the captions of set B (``heldout(K, K)``), so the **floor**
   FID(true renders of B, A) is what a perfect generator of those prompts would score.
 - Alignment is also measured on the 32 fixed ``validation_prompts()`` (generated in addition to the K images).
+- Scales for reading the numbers: ``alignment_true_renders`` (B's prompts judged on B's true renders, ~1.0),
+  ``alignment_unrelated_renders`` (judged on unrelated true renders A: the chance level, ~0.3) and
+  ``reference_feature_trace`` (total variance of the reference features; FID is in the same squared units).
 
 Every image has its own fixed starting noise (drawn once from ``--seed``), shared across guidance scales, so the
 points of a curve differ only by guidance.
@@ -175,11 +178,16 @@ def evaluate_pipeline(pipe, probe: Probe, steps: int, guidances: list[float], nu
 
     # 1. reference sets of true renders: A (FID reference) and B (prompts; floor = FID(B, A))
     world = ToyWorld(seed)
-    set_a = world.heldout(0, k)
-    set_b = world.heldout(k, k)
-    feats_a = probe.features(to_tensor([s.image for s in set_a]))
-    floor = fid_from_features(probe.features(to_tensor([s.image for s in set_b])), feats_a)
-    log(f"floor FID (true vs true, K={k}): {floor:.3f}")
+    set_a, set_b = world.heldout(0, k), world.heldout(k, k)
+    images_a, images_b = to_tensor([s.image for s in set_a]), to_tensor([s.image for s in set_b])
+    feats_a = probe.features(images_a)
+    floor = fid_from_features(probe.features(images_b), feats_a)
+    # alignment scale: B's prompts judged on B's true renders (ceiling) and on unrelated true renders A (chance)
+    labels_b = [parse_caption(s.caption) for s in set_b]
+    ceiling = alignment_scores(labels_b, probe.predict_flat(images_b))["overall"]
+    chance = alignment_scores(labels_b, probe.predict_flat(images_a))["overall"]
+    log(f"floor FID (true vs true, K={k}): {floor:.3f}; alignment of true renders {ceiling:.4f}, "
+        f"of unrelated renders {chance:.4f}")  # fmt: skip
 
     # 2. prompts: B's captions (FID + alignment), then the fixed validation prompts (alignment)
     val = validation_prompts()
@@ -210,8 +218,11 @@ def evaluate_pipeline(pipe, probe: Probe, steps: int, guidances: list[float], nu
         })  # fmt: skip
         log(f"guidance {g:g}: alignment {every['overall']:.4f}  FID {fid:.3f} (floor {floor:.3f})  "
             f"{seconds / len(prompts) * 1000:.1f} ms/image")  # fmt: skip
-    return {"steps": int(steps), "num_images": k, "batch_size": int(batch_size), "seed": int(seed),
-            "floor_fid": floor, "results": rows}  # fmt: skip
+    return {"steps": int(steps), "num_images": k, "batch_size": int(batch_size), "seed": int(seed), "floor_fid": floor,
+            "alignment_true_renders": ceiling, "alignment_unrelated_renders": chance,
+            "reference_feature_trace": float(np.trace(np.cov(feats_a.double().numpy(), rowvar=False))),
+            "timing": f"measured: wall clock of the batched pipeline calls (batch {batch_size}) / images generated",
+            "results": rows}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- plotting
@@ -242,7 +253,9 @@ def plot_curves(results: list[dict], path: str, title: str | None = None) -> str
             ax.annotate(f"{r['guidance']:g}", (r["alignment"], r["fid"]), textcoords="offset points", xytext=(4, 4),
                         fontsize=7, color=line.get_color())  # fmt: skip
         ax.axhline(res.get("floor_fid", rows[0]["floor_fid"]), ls="--", lw=0.8, color=line.get_color())
-    ax.set_xlabel("text alignment (probe: fraction of prompted attributes present)")
+        if "alignment_unrelated_renders" in res:  # chance level of the alignment score
+            ax.axvline(res["alignment_unrelated_renders"], ls=":", lw=0.8, color=line.get_color())
+    ax.set_xlabel("text alignment (probe: fraction of prompted attributes present; dotted: chance)")
     ax.set_ylabel("FID on probe features (dashed: true-vs-true floor)")
     ax.set_title(title or "Toy world: FID vs text alignment over guidance scales")
     ax.grid(alpha=0.3)
