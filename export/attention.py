@@ -20,7 +20,8 @@ from diffusers.models.attention_processor import Attention
 from .options import ATTENTION_VARIANTS
 
 
-def split_einsum_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, scale: float) -> torch.Tensor:
+def split_einsum_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                           scale: float) -> torch.Tensor:  # fmt: skip
     """Per-head einsum attention in apple's (B, C, 1, S) layout.
 
     q: (B, C, 1, Sq); k, v: (B, C, 1, Sk), C = heads * d. Returns (B, C, 1, Sq).
@@ -87,7 +88,7 @@ class SplitEinsumAttnProcessor:
 
 @contextlib.contextmanager
 def attention_variant(module: nn.Module, variant: str):
-    """Within the block, every diffusers ``Attention`` in ``module`` uses ``variant``; processors are restored after."""
+    """Within the block every diffusers ``Attention`` in ``module`` uses ``variant``; processors are restored after."""
     if variant not in ATTENTION_VARIANTS:
         raise ValueError(f"attention must be one of {', '.join(ATTENTION_VARIANTS)}; got {variant!r}.")
     saved = [(m, m.processor) for m in module.modules() if isinstance(m, Attention)]

@@ -23,7 +23,9 @@ def tokenizer_vocab_and_merges(tokenizer) -> tuple[dict[str, int], list[tuple[st
     if backend is not None:
         model = json.loads(backend.to_str())["model"]
         if model.get("type") != "BPE":
-            raise ExportError(f"tokenizer model is {model.get('type')!r}; the Swift package needs a BPE (CLIP) tokenizer.")
+            raise ExportError(
+                f"tokenizer model is {model.get('type')!r}; the Swift package needs a BPE (CLIP) tokenizer."
+            )
         merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
         vocab = dict(model["vocab"])
     elif hasattr(tokenizer, "encoder") and hasattr(tokenizer, "bpe_ranks"):
@@ -47,7 +49,8 @@ def write_tokenizer_files(tokenizer, out_dir: str) -> dict:
         f.write("#version: 0.2\n")
         f.writelines(f"{a} {b}\n" for a, b in merges)
     return {"vocab": "vocab.json", "merges": "merges.txt", "vocab_size": len(vocab), "merges_count": len(merges),
-            "bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token}  # fmt: skip
+            "bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token,
+            "pad_token": tokenizer.pad_token}  # fmt: skip
 
 
 def zip_export(out_dir: str, zip_path: str | None = None, overwrite: bool = False) -> str:

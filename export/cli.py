@@ -28,13 +28,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                      "(for conversion time / package size measurements)")  # fmt: skip
     p.add_argument("--components", default=",".join(COMPONENTS), help=f"comma list of {', '.join(COMPONENTS)}")
     p.add_argument("--precision", default="fp16", help=f"Core ML compute precision: {' or '.join(PRECISIONS)}")
-    p.add_argument("--quantize", default="none", help=f"k-means weight palettization bits: {', '.join(QUANTIZE_CHOICES)}")
+    p.add_argument("--quantize", default="none", help=f"k-means palettization bits: {', '.join(QUANTIZE_CHOICES)}")
     p.add_argument("--attention", default="original", help=f"UNet attention: {' or '.join(ATTENTION_VARIANTS)}")
     p.add_argument("--height", default=None, help="image height in pixels (default: the UNet's sample size)")
     p.add_argument("--width", default=None, help="image width in pixels (default: the UNet's sample size)")
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty, unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace a previous export in --out (and its zip)")
-    p.add_argument("--latency-table", default=None, help="pipelines.latency table JSON: adds an estimated UNet latency")
+    p.add_argument("--latency-table", default=None, help="pipelines.latency table (JSON): estimated UNet latency")
     p.add_argument("--zip", action="store_true", help="also write OUT.zip for download")
     return p.parse_args(argv)
 

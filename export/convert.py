@@ -198,7 +198,8 @@ def _check(component: str, what: str, references: list[np.ndarray], outputs: lis
               "threshold_db": min_psnr, "passed": bool(worst >= min_psnr)}  # fmt: skip
     if not result["passed"]:
         raise ExportError(
-            f"{component}: numeric check failed ({what}): PSNR {worst:.1f} dB is below the {min_psnr:.0f} dB threshold."
+            f"{component}: numeric check failed ({what}): PSNR {worst:.1f} dB is below the {min_psnr:.0f} dB "
+            "threshold."
         )
     return result
 
@@ -230,7 +231,8 @@ def median_ms(fn: Callable[[], object], warmup: int = 1, min_runs: int = 3, max_
 def _time_on_host(module: Callable, args: tuple[torch.Tensor, ...], host: str) -> dict:
     with torch.no_grad():
         ms, runs = median_ms(lambda: module(*args), max_runs=LATENCY_MAX_RUNS, budget_s=LATENCY_BUDGET_S)
-    return {"ms": round(ms, 3), "runs": runs, "kind": "host-pytorch-exported-graph", "label": HOST_LABEL.format(host=host)}
+    return {"ms": round(ms, 3), "runs": runs, "kind": "host-pytorch-exported-graph",
+            "label": HOST_LABEL.format(host=host)}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -318,7 +320,8 @@ def _convert(name: str, wrapper: nn.Module, inputs: OrderedDict[str, torch.Tenso
         with torch.no_grad():
             program = _export_program(wrapper, args)
     except Exception as e:  # torch.export reports unsupported Python as many exception types
-        raise ExportError(f"{name}: torch.export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+        first = (str(e).splitlines() or [""])[0][:300]
+        raise ExportError(f"{name}: torch.export failed: {type(e).__name__}: {first}") from e
     exported = program.module()
     with torch.no_grad():
         outputs = _to_numpy(exported(*args))
@@ -340,13 +343,15 @@ def _convert(name: str, wrapper: nn.Module, inputs: OrderedDict[str, torch.Tenso
             compute_precision=precision, skip_model_load=True,
         )  # fmt: skip
     except Exception as e:  # an op coremltools cannot translate, etc.
-        raise ExportError(f"{name}: coremltools.convert failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+        first = (str(e).splitlines() or [""])[0][:300]
+        raise ExportError(f"{name}: coremltools.convert failed: {type(e).__name__}: {first}") from e
     del program
     mlmodel = _rename_features(ct, mlmodel, wrapper.input_names, output_names)
     mlmodel.short_description = f"SnapFusion {name} exported by snapfusion/export (torch.export + coremltools)"
-    for n in (*wrapper.input_names, *output_names):
-        if n in DESCRIPTIONS:
-            (mlmodel.input_description if n in wrapper.input_names else mlmodel.output_description)[n] = DESCRIPTIONS[n]
+    for n in wrapper.input_names:
+        mlmodel.input_description[n] = DESCRIPTIONS[n]
+    for n in output_names:
+        mlmodel.output_description[n] = DESCRIPTIONS[n]
     mlmodel.user_defined_metadata.update({k: str(v) for k, v in opts.metadata.items()})
     mlmodel.save(package_path)
     size_before = package_size_mb(package_path)
@@ -421,7 +426,8 @@ def convert_unet(pipe, package_path: str, opts: ConvertOptions, height: int, wid
     inputs = OrderedDict(
         sample=torch.randn(UNET_BATCH, cfg.in_channels, height // f, width // f, generator=gen),  # (2, C, h, w)
         timestep=torch.full((UNET_BATCH,), float(pipe.scheduler.config.num_train_timesteps - 1)),  # (2,)
-        encoder_hidden_states=torch.randn(UNET_BATCH, context_dim, 1, text_length(pipe), generator=gen),  # (2, D, 1, L)
+        # (2, D, 1, L): apple's layout of the text features
+        encoder_hidden_states=torch.randn(UNET_BATCH, context_dim, 1, text_length(pipe), generator=gen),
     )
     args = tuple(inputs.values())
     with _eval_cpu_fp32(pipe.unet) as unet:
@@ -449,8 +455,10 @@ def convert_vae_decoder(pipe, package_path: str, opts: ConvertOptions, height: i
     z = torch.randn(1, latent_channels, height // f, width // f, generator=gen) / decoder.config.scaling_factor
     with _eval_cpu_fp32(decoder) as dec:
         report = _convert("vae_decoder", VAEDecoderForCoreML(dec), OrderedDict(z=z), package_path, opts)
-    report.notes.append(f"decoder: {'vae_decoder' if decoder is getattr(pipe, 'vae_decoder', None) else 'vae'} "
-                        f"({type(decoder).__name__}); input z = latents / {decoder.config.scaling_factor}")  # fmt: skip
+    source = "vae_decoder" if decoder is getattr(pipe, "vae_decoder", None) else "vae"
+    report.notes.append(
+        f"decoder: {source} ({type(decoder).__name__}); input z = latents / {decoder.config.scaling_factor}"
+    )
     return report
 
 

@@ -55,7 +55,7 @@ def check_components_present(pipe: SnapFusionPipeline, components: tuple[str, ..
     for c in components:
         if c == "vae_decoder":
             if decoder_of(pipe) is None:
-                raise ExportError("the pipeline has no 'vae_decoder' component to export (neither vae_decoder nor vae).")
+                raise ExportError("the pipeline has no 'vae_decoder' component to export (no vae_decoder, no vae).")
             continue
         for attr in needs[c]:
             if getattr(pipe, attr, None) is None:

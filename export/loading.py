@@ -61,7 +61,7 @@ def load_pipeline_for_export(model: str, components=COMPONENTS) -> SnapFusionPip
     elif _HUB_ID.match(model):
         source, local = model, False
     else:
-        raise ExportError(f"{model!r} is neither an existing folder nor a Hugging Face Hub id of the form 'owner/name'.")
+        raise ExportError(f"{model!r} is neither an existing folder nor a Hugging Face Hub id ('owner/name').")
     try:
         pipe = SnapFusionPipeline.from_pretrained(source, use_safetensors=True, torch_dtype=torch.float32)
     except Exception as e:  # noqa: BLE001 - hub, network, cache and config errors all end here

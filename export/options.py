@@ -9,7 +9,8 @@ from collections.abc import Iterable
 from .errors import ExportError
 
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")
-PACKAGE_NAMES = {"text_encoder": "TextEncoder.mlpackage", "unet": "Unet.mlpackage", "vae_decoder": "VAEDecoder.mlpackage"}
+PACKAGE_NAMES = {"text_encoder": "TextEncoder.mlpackage", "unet": "Unet.mlpackage",
+                 "vae_decoder": "VAEDecoder.mlpackage"}  # the names apple's Swift package loads (as .mlmodelc)
 PRECISIONS = ("fp16", "fp32")
 QUANTIZE_CHOICES = ("none", "8", "6", "4")
 ATTENTION_VARIANTS = ("original", "split_einsum")
