@@ -190,6 +190,16 @@ def write_rank_checksum(accelerator, model, out: Path) -> None:
     (folder / f"rank{accelerator.process_index}.txt").write_text(h.hexdigest())
 
 
+def optimizer_step(accelerator, loss, params, optimizer, lr_scheduler, max_grad_norm: float) -> None:
+    """Backward, clip (on the step that syncs gradients), optimizer and LR-scheduler step: one update."""
+    accelerator.backward(loss)
+    if accelerator.sync_gradients:
+        accelerator.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    lr_scheduler.step()
+    optimizer.zero_grad()
+
+
 def make_optimizer(params, args):
     return torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
 

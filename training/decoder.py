@@ -23,6 +23,7 @@ from .common import (
     StageError, add_common_args, make_accelerator, make_lr_scheduler, make_optimizer, mark_complete, maybe_resume,
     prepare_output, progress, run_cli, save_checkpoint, save_config, validate_common_args,
 )  # fmt: skip
+from .common import optimizer_step
 from .data import read_prompts
 from .models import load_stage_pipeline
 
@@ -99,12 +100,7 @@ def main(args):
         with accelerator.accumulate(student):
             pred = student(z)  # (B, 3, H, W)
             loss = F.mse_loss(pred.float(), ref.float())
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(student.parameters(), args.max_grad_norm)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad()
+            optimizer_step(accelerator, loss, student.parameters(), optimizer, lr_scheduler, args.max_grad_norm)
         if accelerator.sync_gradients:
             step += 1
             bar.update()

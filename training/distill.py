@@ -32,6 +32,7 @@ from .common import (
     maybe_resume, prepare_output, progress, run_cli, save_checkpoint, save_config, snr_weight_truncated,
     validate_common_args, write_rank_checksum,
 )  # fmt: skip
+from .common import optimizer_step
 from .data import infinite, make_dataloader, make_dataset
 from .models import load_stage_pipeline
 
@@ -235,12 +236,7 @@ def main(args):
                 w = (torch.rand(b, 1, 1, 1, device=device) * (args.w_max - args.w_min) + args.w_min) if cfg_aware else None
             loss, loss_dstl, loss_ori = distillation_loss(
                 s_unet, t_unet, x0, noise, cond, uncond, k, w, grid, r, ac, teacher_type, args.gamma)  # fmt: skip
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(s_unet.parameters(), args.max_grad_norm)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad()
+            optimizer_step(accelerator, loss, s_unet.parameters(), optimizer, lr_scheduler, args.max_grad_norm)
         if accelerator.sync_gradients:
             step += 1
             if ema is not None:

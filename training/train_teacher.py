@@ -24,6 +24,7 @@ from .common import (
     mark_complete, maybe_resume, prepare_output, progress, run_cli, save_checkpoint, save_config, validate_common_args,
     write_rank_checksum,
 )  # fmt: skip
+from .common import optimizer_step
 from .data import infinite, make_dataloader, make_dataset
 from .models import build_from_scratch, load_stage_pipeline, make_scheduler
 
@@ -197,12 +198,7 @@ def train_denoiser(args, stage: str, block_keep_prob: float = 1.0, components: d
             noise = torch.randn_like(latents)
             t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
             loss = denoising_loss(unet, latents, cond, noise, t, alphas_cumprod, prediction_type)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(params, args.max_grad_norm)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad()
+            optimizer_step(accelerator, loss, params, optimizer, lr_scheduler, args.max_grad_norm)
         if accelerator.sync_gradients:
             step += 1
             if ema is not None:
