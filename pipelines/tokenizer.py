@@ -27,20 +27,18 @@ def build_clip_tokenizer(words: list[str], save_dir: str, model_max_length: int 
         add(ch)
     for ch in BYTE_CHARS:
         add(ch + "</w>")
+    # Merges are applied by rank over the whole word, so a merge added for one word can split another ("an" from
+    # "and" inside "orange"). Add merges word by word, each time re-running BPE with the merges so far and merging
+    # its first two symbols, until the word is one token. A new merge has the lowest priority, so it never changes
+    # how an earlier word tokenizes (that word reaches one token before the new merge can apply).
     merges: list[tuple[str, str]] = []
-    seen = set()
+    ranks: dict[tuple[str, str], int] = {}
     for word in sorted({w.lower() for w in words if w}):
-        symbols = list(word[:-1]) + [word[-1] + "</w>"]
-        if len(symbols) < 2:
-            continue
-        left = symbols[0]
-        for right in symbols[1:]:
-            pair = (left, right)
-            if pair not in seen:
-                seen.add(pair)
-                merges.append(pair)
-                add(left + right)
-            left = left + right
+        while len(symbols := _bpe(word, ranks)) > 1:
+            pair = (symbols[0], symbols[1])
+            ranks[pair] = len(merges)
+            merges.append(pair)
+            add(pair[0] + pair[1])
     add("<|startoftext|>")
     add("<|endoftext|>")
     vocab_file = os.path.join(save_dir, "vocab.json")
@@ -52,3 +50,23 @@ def build_clip_tokenizer(words: list[str], save_dir: str, model_max_length: int 
         f.writelines(f"{a} {b}\n" for a, b in merges)
     tok = CLIPTokenizer(vocab_file, merges_file, model_max_length=model_max_length, pad_token="<|endoftext|>")
     return tok
+
+
+def _bpe(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
+    """CLIP's byte-pair encoding of one lower-case word (the algorithm of ``CLIPTokenizer.bpe``)."""
+    symbols = list(word[:-1]) + [word[-1] + "</w>"]
+    while len(symbols) > 1:
+        pairs = {(a, b) for a, b in zip(symbols, symbols[1:])}
+        best = min(pairs, key=lambda pair: ranks.get(pair, float("inf")))
+        if best not in ranks:
+            break
+        merged, i = [], 0
+        while i < len(symbols):
+            if i < len(symbols) - 1 and (symbols[i], symbols[i + 1]) == best:
+                merged.append(symbols[i] + symbols[i + 1])
+                i += 2
+            else:
+                merged.append(symbols[i])
+                i += 1
+        symbols = merged
+    return symbols

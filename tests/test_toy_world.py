@@ -237,3 +237,17 @@ def test_vocabulary_and_attribute_names():
     assert set(SHAPES) | set(COLORS) | set(BACKGROUNDS) | set(SIZES) <= set(VOCABULARY)
     names = attribute_names()
     assert names[:3] == ["count", "background", "relation"] and len(names) == 11
+
+
+def test_tokenizer_spells_every_word_as_one_token_and_captions_fit(samples, tmp_path):
+    # Regression: merges learned for one word used to split another ("orange", "triangle"), so long captions
+    # overflowed the mini preset's 24 tokens and lost their ending (usually the background).
+    from pipelines.tokenizer import build_clip_tokenizer
+    from training.models import MODEL_PRESETS
+
+    max_length = MODEL_PRESETS["mini"]["max_length"]
+    tok = build_clip_tokenizer(VOCABULARY, str(tmp_path), max_length)
+    assert [w for w in VOCABULARY if len(tok.tokenize(w)) != 1] == []
+    captions = [s.caption for s in samples] + [p for p, _ in validation_prompts()]
+    longest = max(len(tok(c).input_ids) for c in captions)
+    assert longest <= max_length, longest

@@ -249,10 +249,26 @@ def test_stage_cli_bad_input_exit_code(saved_teacher, tmp_path):
     assert r.returncode == 2 and "--max-steps" in r.stderr
 
 
+def test_text_encoder_pretraining_reads_captions_then_stays_frozen(tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "t"
+    r = _run("training.train_teacher", "--model-preset", "smoke", "--output", str(out), "--max-steps", "2",
+             "--vae-steps", "2", "--text-steps", "150", "--text-batch-size", "64", "--batch-size", "2",
+             "--log-with", "none")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    metrics = json.loads((out / "text_stage" / "metrics.json").read_text())
+    # 150 steps are enough for the easy attributes; chance is 1/2 (count) and 1/4 (background)
+    assert metrics["per_attribute"]["count"] > 0.95 and metrics["per_attribute"]["background"] > 0.9, metrics
+    pre = load_file(out / "text_stage" / "model.safetensors")
+    final = load_file(out / "text_encoder" / "model.safetensors")
+    assert all(torch.equal(pre[k], final[k]) for k in pre)  # frozen during diffusion training, like SD-v1.5's
+
+
 def test_teacher_resume_and_no_clobber(tmp_path):
     out = tmp_path / "t"
     args = ["--model-preset", "smoke", "--output", str(out), "--max-steps", "4", "--vae-steps", "2",
-            "--batch-size", "2", "--checkpoint-every", "2", "--log-with", "none"]  # fmt: skip
+            "--text-steps", "2", "--batch-size", "2", "--checkpoint-every", "2", "--log-with", "none"]  # fmt: skip
     r = _run("training.train_teacher", *args)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (out / "model_index.json").exists() and (out / "checkpoints" / "step-2").is_dir()
@@ -279,7 +295,7 @@ def test_ddp_two_processes_end_with_identical_weights(tmp_path):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "training.train_teacher", "--model-preset",
            "smoke", "--output", str(out), "--max-steps", "3", "--vae-steps", "2", "--batch-size", "2",
-           "--log-with", "none"]  # fmt: skip
+           "--text-steps", "2", "--log-with", "none"]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=dict(ENV, ACCELERATE_USE_CPU="true"),
                        timeout=900)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]

@@ -287,7 +287,7 @@ def _robust_train(pipe, args, folder: Path):
         mixed_precision="no", gradient_checkpointing=False, ema_decay=0.0, checkpoint_every=10**9,
         checkpoints_total_limit=1, resume=None, overwrite=True, log_with="none", num_workers=0, data=args.data,
         image_column="image", caption_column="text", resolution=args.resolution, pretrained=None,
-        prediction_type=None, caption_dropout=0.1, train_text_encoder=False,
+        prediction_type=None, caption_dropout=0.1, train_text_encoder=False, snr_gamma=None,
         default_steps=pipe.config.default_num_inference_steps, default_guidance=pipe.config.default_guidance_scale,
     )  # fmt: skip
     train_denoiser(targs, "evolve_robust", block_keep_prob=args.robust_keep_prob, components=dict(pipe.components))

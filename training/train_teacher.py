@@ -42,7 +42,9 @@ def add_denoiser_args(parser: argparse.ArgumentParser) -> None:
                    help="target of the UNet (default: the pretrained scheduler's, else epsilon)")  # fmt: skip
     g.add_argument("--caption-dropout", type=float, default=0.1, help="probability of an empty caption (for CFG)")
     g.add_argument("--train-text-encoder", action=argparse.BooleanOptionalAction, default=None,
-                   help="train the text encoder too (default: on from scratch, off from --pretrained)")  # fmt: skip
+                   help="train the text encoder with the UNet (default: off; on from scratch with --text-steps 0)")  # fmt: skip
+    g.add_argument("--snr-gamma", type=float, default=None,
+                   help="Min-SNR-gamma loss weighting (5 is the usual choice); default: unweighted")  # fmt: skip
     g.add_argument("--default-steps", type=int, default=50, help="recommended sampling steps saved with the model")
     g.add_argument("--default-guidance", type=float, default=7.5, help="recommended CFG scale saved with the model")
 
@@ -57,16 +59,31 @@ def parse_args(argv=None):
     g.add_argument("--vae-lr", type=float, default=1e-3)
     g.add_argument("--vae-batch-size", type=int, default=None, help="default: --batch-size")
     g.add_argument("--vae-kl-weight", type=float, default=1e-6)
+    g.add_argument("--text-steps", type=int, default=300,
+                   help="steps pre-training the text encoder to read toy captions (0: train it jointly, unprepared)")
+    g.add_argument("--text-lr", type=float, default=1e-3)
+    g.add_argument("--text-batch-size", type=int, default=256)
     return parser.parse_args(argv)
 
 
-def denoising_loss(unet, latents, cond, noise, t, alphas_cumprod, prediction_type: str) -> torch.Tensor:
-    """MSE of the UNet's eps or v prediction at z_t = alpha_t x0 + sigma_t eps (v = alpha_t eps - sigma_t x0)."""
+def denoising_loss(
+    unet, latents, cond, noise, t, alphas_cumprod, prediction_type: str, snr_gamma: float | None = None
+) -> torch.Tensor:
+    """MSE of the UNet's eps or v prediction at z_t = alpha_t x0 + sigma_t eps (v = alpha_t eps - sigma_t x0).
+
+    ``snr_gamma``: Min-SNR-gamma weighting (Hang et al., 2023; diffusers' ``--snr_gamma``), which caps the weight of
+    low-noise timesteps and speeds up convergence; None is the plain mean.
+    """
     a = alphas_cumprod[t].sqrt().view(-1, 1, 1, 1)
     s = (1 - alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
     noisy = a * latents + s * noise  # (B, C, h, w)
     target = noise if prediction_type == "epsilon" else a * noise - s * latents
-    return F.mse_loss(unet(noisy, t, cond).sample.float(), target.float())
+    if snr_gamma is None:
+        return F.mse_loss(unet(noisy, t, cond).sample.float(), target.float())
+    per_sample = F.mse_loss(unet(noisy, t, cond).sample.float(), target.float(), reduction="none").mean((1, 2, 3))
+    snr = (alphas_cumprod[t] / (1 - alphas_cumprod[t])).float()
+    weight = snr.clamp(max=snr_gamma) / (snr if prediction_type == "epsilon" else snr + 1)
+    return (weight * per_sample).mean()
 
 
 def train_vae(vae, args, accelerator, out):
@@ -110,8 +127,85 @@ def train_vae(vae, args, accelerator, out):
     return vae
 
 
+def train_text_encoder(text_encoder, tokenizer, args, accelerator, out):
+    """Pre-train the from-scratch text encoder to read toy-world captions, then keep it frozen (SD-v1.5 freezes its
+    pre-trained CLIP text encoder too).
+
+    Objective: from the caption's end-of-text state (CLIP's pooled output), predict every attribute label of the
+    scene (count, background, relation, each object's shape, color, size and position) with one linear head each.
+    Without this, a randomly initialised encoder gives nearly the same states for every caption, and the UNet
+    learns to ignore the text (bundle v0). Captions and labels come from the toy world; no image is rendered.
+    """
+    import json
+
+    import numpy as np
+
+    from .toy_world import ATTRIBUTE_VALUES, NUM_PHRASINGS, caption, random_labels
+
+    done = out / "text_stage"
+    if (done / "config.json").exists():
+        from transformers import CLIPTextModel
+
+        accelerator.print(f"text encoder already pre-trained: loading {done}")
+        return CLIPTextModel.from_pretrained(done)
+
+    def make(n: int, seed: int):
+        rng = np.random.default_rng(seed)
+        texts, labels = [], []
+        for _ in range(n):
+            scene = random_labels(rng)
+            texts.append(caption(scene, int(rng.integers(NUM_PHRASINGS))))
+            flat = scene.flat()
+            labels.append([ATTRIBUTE_VALUES[a].index(flat[a]) for a in ATTRIBUTE_VALUES])
+        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids  # fmt: skip
+        return ids, torch.tensor(labels)  # (n, L), (n, attributes)
+
+    train_ids, train_labels = make(min(20000, args.text_steps * args.text_batch_size), args.seed + 2)
+    test_ids, test_labels = make(2000, args.seed + 3)
+    hidden = text_encoder.config.hidden_size
+    heads = torch.nn.ModuleList([torch.nn.Linear(hidden, len(v)) for v in ATTRIBUTE_VALUES.values()])
+    params = list(text_encoder.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=args.text_lr, weight_decay=0.01)
+    device = accelerator.device
+    text_encoder.to(device).train()
+    heads.to(device)
+    gen = torch.Generator().manual_seed(args.seed + 4)
+
+    def logits(ids):
+        pooled = text_encoder(ids.to(device)).pooler_output  # (B, hidden): the end-of-text token's state
+        return [head(pooled) for head in heads]
+
+    bar = progress(accelerator, args.text_steps, 0, "text")
+    for step in range(args.text_steps):
+        pick = torch.randint(0, len(train_ids), (args.text_batch_size,), generator=gen)
+        y = train_labels[pick].to(device)
+        loss = sum(F.cross_entropy(lg, y[:, i]) for i, lg in enumerate(logits(train_ids[pick])))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        bar.update()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        accelerator.log({"text/loss": loss.item()}, step=step)
+    bar.close()
+    text_encoder.eval()
+    with torch.no_grad():
+        preds = torch.stack([lg.argmax(1).cpu() for lg in logits(test_ids)], dim=1)  # (n, attributes)
+    per_attribute = (preds == test_labels).float().mean(0)
+    metrics = {"heldout_captions": len(test_ids), "all_attributes": (preds == test_labels).all(1).float().mean().item(),
+               "per_attribute": dict(zip(ATTRIBUTE_VALUES, per_attribute.tolist()))}  # fmt: skip
+    accelerator.print(f"text encoder: held-out captions read fully right {metrics['all_attributes']:.4f}")
+    if accelerator.is_main_process:
+        text_encoder.save_pretrained(done)
+        (done / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    accelerator.wait_for_everyone()
+    return text_encoder
+
+
 def train_denoiser(args, stage: str, block_keep_prob: float = 1.0, components: dict | None = None):
     """Diffusion training of the UNet (and optionally the text encoder); shared by train_teacher and robust."""
+    if args.snr_gamma is not None and not args.snr_gamma > 0:
+        raise StageError(f"--snr-gamma must be a positive number; got {args.snr_gamma}.")
     out = prepare_output(args)
     accelerator = make_accelerator(args, stage)
     save_config(args, out, stage)
@@ -137,7 +231,11 @@ def train_denoiser(args, stage: str, block_keep_prob: float = 1.0, components: d
     scheduler = make_scheduler(prediction_type) if from_scratch else components["scheduler"]
     if scheduler.config.prediction_type != prediction_type:
         scheduler = type(scheduler).from_config(scheduler.config, prediction_type=prediction_type)
-    train_te = from_scratch if args.train_text_encoder is None else args.train_text_encoder
+    text_ready = from_scratch and getattr(args, "text_steps", 0) > 0  # from scratch, the encoder is pre-trained, then frozen
+    if args.train_text_encoder is None:
+        train_te = from_scratch and not text_ready
+    else:
+        train_te = args.train_text_encoder
     latent_size = args.resolution // (2 ** (len(vae.config.block_out_channels) - 1))
     if unet.config.sample_size != latent_size and from_scratch:
         raise StageError(f"UNet sample_size {unet.config.sample_size} does not match resolution {args.resolution}.")
@@ -145,6 +243,8 @@ def train_denoiser(args, stage: str, block_keep_prob: float = 1.0, components: d
     # 2. VAE (only from scratch: trained first, then frozen)
     if from_scratch:
         vae = train_vae(vae, args, accelerator, out)
+    if text_ready:
+        text_encoder = train_text_encoder(text_encoder, tokenizer, args, accelerator, out)
     vae.requires_grad_(False).eval().to(accelerator.device)
     text_encoder.requires_grad_(train_te)
     if not train_te:
@@ -197,7 +297,7 @@ def train_denoiser(args, stage: str, block_keep_prob: float = 1.0, components: d
                 cond = text_encoder(ids)[0]  # (B, L, D)
             noise = torch.randn_like(latents)
             t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
-            loss = denoising_loss(unet, latents, cond, noise, t, alphas_cumprod, prediction_type)
+            loss = denoising_loss(unet, latents, cond, noise, t, alphas_cumprod, prediction_type, args.snr_gamma)
             optimizer_step(accelerator, loss, params, optimizer, lr_scheduler, args.max_grad_norm)
         if accelerator.sync_gradients:
             step += 1
@@ -238,6 +338,8 @@ def main(args):
     validate_common_args(args)
     if args.pretrained is None and args.vae_steps < 1:
         raise StageError(f"--vae-steps must be >= 1 when training from scratch; got {args.vae_steps}.")
+    if args.text_steps < 0:
+        raise StageError(f"--text-steps must be >= 0 (0 trains the text encoder jointly); got {args.text_steps}.")
     return train_denoiser(args, STAGE)
 
 
