@@ -116,13 +116,17 @@ class SnapFusionPipeline(DiffusionPipeline):
 
     def check_inputs(self, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
                      num_images_per_prompt, output_type):  # fmt: skip
-        if not isinstance(prompt, (str, list)) or (isinstance(prompt, list) and not all(isinstance(p, str) for p in prompt)):
+        is_list_of_str = isinstance(prompt, list) and all(isinstance(p, str) for p in prompt)
+        if not (isinstance(prompt, str) or is_list_of_str):
             raise ValueError(f"`prompt` must be a string or a list of strings; got {type(prompt).__name__}.")
         if negative_prompt is not None and not isinstance(negative_prompt, (str, list)):
-            raise ValueError(f"`negative_prompt` must be a string, a list of strings or None; got {negative_prompt!r}.")
+            raise ValueError(
+                f"`negative_prompt` must be a string, a list of strings or None; got {negative_prompt!r}."
+            )
         if isinstance(prompt, list) and isinstance(negative_prompt, list) and len(prompt) != len(negative_prompt):
             raise ValueError(
-                f"`negative_prompt` has {len(negative_prompt)} entries but `prompt` has {len(prompt)}; they must match."
+                f"`negative_prompt` has {len(negative_prompt)} entries but `prompt` has {len(prompt)}; "
+                "they must match."
             )
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
             raise ValueError(f"`num_inference_steps` must be an integer >= 1; got {num_inference_steps!r}.")
@@ -130,7 +134,9 @@ class SnapFusionPipeline(DiffusionPipeline):
             raise ValueError(f"`num_inference_steps` must be >= 1; got {num_inference_steps}.")
         max_steps = self.scheduler.config.num_train_timesteps
         if num_inference_steps > max_steps:
-            raise ValueError(f"`num_inference_steps` must be <= {max_steps} (training timesteps); got {num_inference_steps}.")
+            raise ValueError(
+                f"`num_inference_steps` must be <= {max_steps} (training timesteps); got {num_inference_steps}."
+            )
         try:
             g = float(guidance_scale)
         except (TypeError, ValueError):
@@ -207,7 +213,8 @@ class SnapFusionPipeline(DiffusionPipeline):
     ):
         """Generate images; ``num_inference_steps`` / ``guidance_scale`` default to the model's recommended
         values (``default_num_inference_steps`` / ``default_guidance_scale`` in ``model_index.json``)."""
-        num_inference_steps = self.config.default_num_inference_steps if num_inference_steps is None else num_inference_steps
+        if num_inference_steps is None:
+            num_inference_steps = self.config.default_num_inference_steps
         guidance_scale = self.config.default_guidance_scale if guidance_scale is None else guidance_scale
         sample_size = self.unet.config.sample_size * self.vae_scale_factor
         height = sample_size if height is None else height

@@ -55,7 +55,8 @@ class CompressedVAEDecoder(ModelMixin, ConfigMixin):
             w = int(round(c * width_ratio))
             if w < 1 or w % groups:
                 raise ValueError(
-                    f"width_ratio {width_ratio} gives {w} channels from {c}, not a multiple of norm_num_groups={groups}."
+                    f"width_ratio {width_ratio} gives {w} channels from {c}, "
+                    f"not a multiple of norm_num_groups={groups}."
                 )
             widths.append(w)
         new = cls(

@@ -15,7 +15,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m snapfusion_app", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate one image and print the timing breakdown")
-    g.add_argument("--model", default=DEFAULT_STUDENT, help="local diffusers folder or Hub id (default: the bundle's student)")
+    g.add_argument(
+        "--model", default=DEFAULT_STUDENT, help="local diffusers folder or Hub id (default: the bundle's student)"
+    )
     g.add_argument("--prompt", required=True)
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's recommended)")

@@ -145,7 +145,8 @@ def test_fid_true_vs_true_is_small_and_color_shuffled_is_larger(probe):
 def test_alignment_scores_count_prompted_attributes():
     one = parse_caption("a big red circle in the top left on a gray background")
     two = parse_caption("a small blue square right of a big green triangle, white background")
-    assert set(ev.prompted_items(one)) == {"count", "background", "obj1_shape", "obj1_color", "obj1_size", "obj1_position"}
+    expected = {"count", "background", "obj1_shape", "obj1_color", "obj1_size", "obj1_position"}
+    assert set(ev.prompted_items(one)) == expected
     assert len(ev.prompted_items(two)) == 9 and "relation" in ev.prompted_items(two)
     perfect = [{**{n: "none" for n in ATTRIBUTE_VALUES}, **lab.flat()} for lab in (one, two)]
     res = ev.alignment_scores([one, two], perfect)
@@ -154,7 +155,8 @@ def test_alignment_scores_count_prompted_attributes():
     res = ev.alignment_scores([one, two], wrong)
     assert res["per_prompt"] == pytest.approx([5 / 6, 8 / 9])
     assert res["overall"] == pytest.approx(13 / 15)
-    assert res["per_attribute"]["color"] == pytest.approx(2 / 3) and res["per_attribute"]["shape"] == pytest.approx(2 / 3)
+    assert res["per_attribute"]["color"] == pytest.approx(2 / 3)
+    assert res["per_attribute"]["shape"] == pytest.approx(2 / 3)
 
 
 @pytest.mark.parametrize("text", ["", "1,x", "1,,2", "0.5", "nan", " "])
@@ -222,3 +224,37 @@ def test_evaluate_end_to_end_writes_json_and_curve(tmp_path, capsys, model64):
     assert png.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="results"):
         ev.plot_curves([{"label": "x"}], str(tmp_path / "bad.png"))
+
+
+# ---------------------------------------------------------------------------------------------- block removal
+
+
+def test_ablate_removal_sweep_writes_table_and_plot(tmp_path, capsys, model64, pipe64):
+    from training import ablate
+
+    out = tmp_path / "abl"
+    blocks = [str(b) for b in pipe64.unet.removable_blocks()][:3]  # all of them: see --blocks' default
+    argv = ["--model", f"a={model64}", "--model", f"b={model64}", "--steps", "1", "--num-images", str(K),
+            "--batch-size", "80", "--blocks", ",".join(blocks), "--out", str(out)]  # fmt: skip
+    assert ablate.main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert blocks and [m["label"] for m in res["models"]] == ["a", "b"]
+    rows = res["models"][0]["rows"]
+    assert [r["removed"] for r in rows] == ["none", *blocks]
+    assert any(r["fid"] != rows[0]["fid"] for r in rows[1:])  # removing a block changes the images
+    assert res["models"][1]["rows"] == rows  # same model, same noise: same numbers
+    table = (out / "results.md").read_text()
+    assert all(f"| {b} |" in table for b in blocks)
+    assert (out / "removal.png").read_bytes()[:4] == b"\x89PNG"
+
+    def error(args):
+        with pytest.raises(SystemExit) as e:
+            ablate.main(args)
+        assert e.value.code == 2
+        return capsys.readouterr().err
+
+    assert "--overwrite" in error(argv)
+    assert "LABEL=DIR" in error(["--model", model64, "--out", str(tmp_path / "x")])
+    assert "model_index.json" in error(["--model", f"a={tmp_path}", "--out", str(tmp_path / "x")])
+    assert "feature_dim" in error(["--model", f"a={model64}", "--num-images", "10", "--out", str(tmp_path / "x")])
+    assert "not removable" in error(["--model", f"a={model64}", "--blocks", "up9.0:RB", "--out", str(tmp_path / "x")])

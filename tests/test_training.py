@@ -292,7 +292,8 @@ def test_teacher_resume_and_no_clobber(tmp_path):
 def test_ddp_two_processes_end_with_identical_weights(tmp_path):
     out = tmp_path / "ddp"
     # accelerate 1.15 runs `--cpu` with one process; two CPU processes (gloo) need --multi_gpu + ACCELERATE_USE_CPU
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "training.train_teacher", "--model-preset",
            "smoke", "--output", str(out), "--max-steps", "3", "--vae-steps", "2", "--batch-size", "2",
            "--text-steps", "2", "--log-with", "none"]  # fmt: skip
@@ -328,3 +329,19 @@ def test_recipe_smoke_end_to_end(tmp_path):
     r = _run("training.recipe", "--preset", "smoke", "--output", str(out), timeout=600)
     assert r.returncode == 0 and r.stdout.count("complete, skipping") == 7
     shutil.rmtree(out)
+
+
+def test_model_card_decoder_report_measures_fresh_latents():
+    from pipelines.tiny import tiny_pipeline
+    from training.common import StageError
+    from training.model_card import decoder_report
+
+    teacher = tiny_pipeline(0)
+    student = tiny_pipeline(0, compressed_decoder=True)
+    d = decoder_report(student, teacher, num_latents=2, steps=1, repeats=1)
+    assert set(d["psnr_db"]) == {"teacher_latents", "student_latents"}
+    assert all(np.isfinite(v) for v in d["psnr_db"].values())
+    assert d["full_ms"] > 0 and d["compressed_ms"] > 0 and d["params_compressed"] < d["params_full"]
+    assert d["psnr_db"]["teacher_latents"] < 100  # the untrained pruned decoder is not the full one
+    with pytest.raises(StageError, match="compressed decoder"):
+        decoder_report(teacher, teacher, num_latents=2, steps=1, repeats=1)

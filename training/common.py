@@ -80,7 +80,9 @@ def prepare_output(args) -> Path:
         raise StageError(f"--output {out} exists and is a file.")
     done = out / DONE_FILE
     if done.exists() and not args.overwrite:
-        raise StageError(f"{out} already holds a completed stage; pass --overwrite to replace it or pick a new --output.")
+        raise StageError(
+            f"{out} already holds a completed stage; pass --overwrite to replace it or pick a new --output."
+        )
     ckpts = out / CHECKPOINT_DIR
     if ckpts.is_dir() and any(ckpts.iterdir()) and args.resume is None and not args.overwrite:
         raise StageError(f"{out} has checkpoints from an earlier run; pass --resume latest to continue it, "

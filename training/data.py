@@ -83,8 +83,9 @@ class CaptionFolderDataset(Dataset):
             images = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
             missing = [p.name for p in images if not p.with_suffix(".txt").exists()]
             if missing:
+                caption_file = Path(missing[0]).with_suffix(".txt").name
                 raise StageError(f"{len(missing)} image(s) in {root} have no caption file (e.g. {missing[0]} needs "
-                                 f"{Path(missing[0]).with_suffix('.txt').name}) and there is no metadata.jsonl.")  # fmt: skip
+                                 f"{caption_file}) and there is no metadata.jsonl.")  # fmt: skip
             self.items = [(p, p.with_suffix(".txt").read_text().strip()) for p in images]
         if not self.items:
             raise StageError(f"Data folder {root} holds no images.")

@@ -169,10 +169,14 @@ def main(args):
     if not args.student:
         s_unet.load_state_dict(t_unet.state_dict())
     if s_unet.config.in_channels != t_unet.config.in_channels:
-        raise StageError(f"student latent channels {s_unet.config.in_channels} != teacher's {t_unet.config.in_channels}.")
+        raise StageError(
+            f"student latent channels {s_unet.config.in_channels} != teacher's {t_unet.config.in_channels}."
+        )
     text_dim = teacher_pipe.text_encoder.config.hidden_size
     if s_unet.config.cross_attention_dim != text_dim:
-        raise StageError(f"student cross_attention_dim {s_unet.config.cross_attention_dim} != teacher text dim {text_dim}.")
+        raise StageError(
+            f"student cross_attention_dim {s_unet.config.cross_attention_dim} != teacher text dim {text_dim}."
+        )
     if teacher_pipe.vae is None:
         raise StageError(f"teacher {args.teacher} has no full VAE to encode training images.")
     teacher_type = teacher_pipe.scheduler.config.prediction_type
@@ -233,7 +237,9 @@ def main(args):
                 uncond = uncond_1.expand(b, -1, -1)
                 k = torch.randint(0, args.student_steps, (b,))  # student step index per sample
                 noise = torch.randn_like(x0)
-                w = (torch.rand(b, 1, 1, 1, device=device) * (args.w_max - args.w_min) + args.w_min) if cfg_aware else None
+                w = None
+                if cfg_aware:  # guidance scale per sample, uniform in [w_min, w_max]
+                    w = torch.rand(b, 1, 1, 1, device=device) * (args.w_max - args.w_min) + args.w_min
             loss, loss_dstl, loss_ori = distillation_loss(
                 s_unet, t_unet, x0, noise, cond, uncond, k, w, grid, r, ac, teacher_type, args.gamma)  # fmt: skip
             optimizer_step(accelerator, loss, s_unet.parameters(), optimizer, lr_scheduler, args.max_grad_norm)
@@ -246,7 +252,8 @@ def main(args):
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.4f}", cfg=int(cfg_aware))
             accelerator.log({"distill/loss": loss.item(), "distill/l_dstl": loss_dstl.item(),
-                             "distill/l_ori": loss_ori.item(), "distill/cfg_aware": float(cfg_aware)}, step=step)  # fmt: skip
+                             "distill/l_ori": loss_ori.item(), "distill/cfg_aware": float(cfg_aware)},
+                            step=step)  # fmt: skip
             if step % args.checkpoint_every == 0 and step < args.max_steps:
                 save_checkpoint(accelerator, args, out, step, STAGE)
     bar.close()

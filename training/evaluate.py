@@ -60,7 +60,9 @@ def fid_from_features(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray
     d = a.shape[1]
     for name, x in (("first", a), ("second", b)):
         if len(x) < d + 1:
-            raise ValueError(f"FID needs at least feature_dim + 1 = {d + 1} samples per set; the {name} set has {len(x)}.")
+            raise ValueError(
+                f"FID needs at least feature_dim + 1 = {d + 1} samples per set; the {name} set has {len(x)}."
+            )
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     w, v = np.linalg.eigh(s_a)
@@ -146,7 +148,9 @@ def check_settings(pipe, probe: Probe, steps: int, guidances: list[float], num_i
             raise ValueError(f"Guidance scale {g!r} must be a finite number >= 1 (1 = no guidance).")
     d = probe.config.feature_dim
     if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or num_images < d + 1:
-        raise ValueError(f"num_images must be >= feature_dim + 1 = {d + 1} for FID on {d}-d probe features; got {num_images!r}.")
+        raise ValueError(
+            f"num_images must be >= feature_dim + 1 = {d + 1} for FID on {d}-d probe features; got {num_images!r}."
+        )
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}.")
 
@@ -274,7 +278,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="SnapFusionPipeline folder (e.g. bundle/student)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's recommended)")
-    p.add_argument("--guidance", default=DEFAULT_GUIDANCE, help=f"comma-separated CFG scales (default {DEFAULT_GUIDANCE})")
+    p.add_argument(
+        "--guidance", default=DEFAULT_GUIDANCE, help=f"comma-separated CFG scales (default {DEFAULT_GUIDANCE})"
+    )
     p.add_argument("--num-images", type=int, default=DEFAULT_NUM_IMAGES, help="K: images per guidance for FID")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0, help="toy-world and noise seed")
@@ -283,7 +289,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--label", default=None, help="curve label (default: '<model folder name> (<steps> steps)')")
     p.add_argument("--out", default=None, help="folder or .json path (default: runs/eval/<model name>)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--overlay", nargs="+", metavar="JSON", help="only plot these results JSONs on one figure (--out PNG)")
+    p.add_argument(
+        "--overlay", nargs="+", metavar="JSON", help="only plot these results JSONs on one figure (--out PNG)"
+    )
     return p.parse_args(argv)
 
 
@@ -352,14 +360,16 @@ def main(argv=None) -> int:
     except ValueError as e:
         fail(str(e))
     if args.num_images < probe.config.feature_dim + 1:
-        fail(f"--num-images must be >= feature_dim + 1 = {probe.config.feature_dim + 1} for FID; got {args.num_images}.")
+        need = probe.config.feature_dim + 1
+        fail(f"--num-images must be >= feature_dim + 1 = {need} for FID; got {args.num_images}.")
     from diffusers.utils import logging as diffusers_logging
 
     from pipelines import SnapFusionPipeline
 
     diffusers_logging.disable_progress_bar()  # the loading bar; the sampling bar is disabled below
     try:
-        pipe = SnapFusionPipeline.from_pretrained(args.model, use_safetensors=True)
+        # float32 also for the fp16 bundle: these models are small, and fp16 matmuls are slow or missing on CPU
+        pipe = SnapFusionPipeline.from_pretrained(args.model, use_safetensors=True, dtype=torch.float32)
     except (OSError, ValueError) as e:
         fail(f"cannot load a SnapFusionPipeline from {args.model}: {e}")
     pipe = pipe.to(device)

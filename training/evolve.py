@@ -202,7 +202,8 @@ def main(args):
             for b in unet.removable_blocks():
                 q = score_pipeline(pipe, scorer, args, skip=[b])
                 cands.append({"action": "remove", "block": str(b), "d_quality": q - quality,
-                              "d_latency_ms": -blocks_ms[b], "score": (quality - q) / max(blocks_ms[b], 1e-6)})  # fmt: skip
+                              "d_latency_ms": -blocks_ms[b],
+                              "score": (quality - q) / max(blocks_ms[b], 1e-6)})  # fmt: skip
             cands.sort(key=lambda c: c["score"])
             chosen, saved = [], 0.0
             for c in cands:

@@ -35,6 +35,8 @@ def parse_args(argv=None):
     p.add_argument("--stages", default="", help="comma-separated stage folders (in --recipe) that made it")
     p.add_argument("--command", default="python -m training.recipe --preset mini --output runs/mini")
     p.add_argument("--repeats", type=int, default=3, help="timed generations for seconds per image")
+    p.add_argument("--teacher", default=None, help="student role: the teacher folder, to measure the compressed "
+                   "decoder against its full decoder on fresh latents")  # fmt: skip
     p.add_argument("--overwrite", action="store_true")
     return p.parse_args(argv)
 
@@ -49,6 +51,45 @@ def seconds_per_image(pipe, repeats: int) -> dict:
             times.append(time.perf_counter() - t0)
     return {"seconds": statistics.median(times), "repeats": repeats, "timings_ms": {
         k: round(last[k], 2) for k in ("text_encoder_ms", "unet_ms_mean", "unet_ms_total", "decoder_ms", "total_ms")}}
+
+
+@torch.no_grad()
+def decoder_report(student, teacher, num_latents: int = 64, steps: int = 20, guidance: float = 5.0,
+                   repeats: int = 10) -> dict:  # fmt: skip
+    """The compressed decoder (``student.vae_decoder``) against the teacher's full VAE decoder, on fresh latents.
+
+    Latents: the teacher's (what the decoder was distilled on) and the student's own (what the app decodes), for
+    held-out toy-world captions with noise seeds the decoder stage never used. PSNR of the decoded images (range
+    [0, 1]) and decoder latency per latent (batch 1, interleaved, median of ``repeats`` after a warm-up).
+    """
+    from .toy_world import ToyWorld
+
+    if student.vae_decoder is None:
+        raise StageError("the student has no compressed decoder (vae_decoder) to report on.")
+    prompts = [s.caption for s in ToyWorld(0).heldout(10**6, num_latents)]  # never seen by any stage
+    full, small = teacher.vae, student.vae_decoder
+    scale = teacher.vae.config.scaling_factor
+    psnr = {}
+    for name, pipe in (("teacher_latents", teacher), ("student_latents", student)):
+        g = torch.Generator().manual_seed(12345)
+        z = pipe(prompts, num_inference_steps=steps if name == "teacher_latents" else None, guidance_scale=guidance,
+                 generator=g, output_type="latent").images / scale  # fmt: skip
+        ref = ((full.decode(z).sample + 1) / 2).clamp(0, 1)
+        out = ((small(z) + 1) / 2).clamp(0, 1)
+        psnr[name] = (10 * torch.log10(1.0 / torch.nn.functional.mse_loss(out, ref))).item()
+    z1 = z[:1]
+    times = {"full": [], "compressed": []}
+    for i in range(repeats + 1):  # interleaved; the first round is a warm-up
+        for key, fn in (("full", lambda: full.decode(z1).sample), ("compressed", lambda: small(z1))):
+            t0 = time.perf_counter()
+            fn()
+            if i:
+                times[key].append((time.perf_counter() - t0) * 1000)
+    ms = {k: statistics.median(v) for k, v in times.items()}
+    return {"num_latents": num_latents, "steps": steps, "guidance": guidance, "psnr_db": psnr,
+            "full_ms": ms["full"], "compressed_ms": ms["compressed"], "speedup": ms["full"] / ms["compressed"],
+            "params_full": count_params(full.decoder), "params_compressed": count_params(small),
+            "repeats": repeats}  # fmt: skip
 
 
 def main(args):
@@ -66,6 +107,7 @@ def main(args):
     }  # fmt: skip
     timing = seconds_per_image(pipe, args.repeats)
     steps, guidance = pipe.config.default_num_inference_steps, pipe.config.default_guidance_scale
+    size = unet.config.sample_size * pipe.vae_scale_factor
     lines = [
         f"# Mini SnapFusion {args.role}",
         "",
@@ -78,7 +120,7 @@ def main(args):
         "",
         f"- Sampling: {pipe.scheduler.__class__.__name__} ({pipe.scheduler.config.prediction_type}, "
         f"'{pipe.scheduler.config.timestep_spacing}' spacing), recommended {steps} steps at guidance {guidance}.",
-        f"- Image size: {unet.config.sample_size * pipe.vae_scale_factor}x{unet.config.sample_size * pipe.vae_scale_factor}.",
+        f"- Image size: {size}x{size}.",
         "",
         "## Architecture (paper Table 3 grouping)",
         "",
@@ -97,6 +139,20 @@ def main(args):
         + ", ".join(f"{k} {v}" for k, v in timing["timings_ms"].items()) + ".",
         "",
     ]
+    if args.role == "student" and args.teacher:
+        d = decoder_report(pipe, load_stage_pipeline(args.teacher, "--teacher"))
+        lines += [
+            "## Compressed decoder (measured)",
+            "",
+            f"Against the teacher's full VAE decoder, on {d['num_latents']} fresh latents (held-out captions, noise "
+            "seeds no training stage used): decoded-image PSNR "
+            f"{d['psnr_db']['teacher_latents']:.2f} dB on the teacher's latents ({d['steps']} steps, guidance "
+            f"{d['guidance']:g}: what the decoder was distilled on) and {d['psnr_db']['student_latents']:.2f} dB on "
+            f"this student's own latents. Decoder time per latent (batch 1, interleaved, median of {d['repeats']}): "
+            f"{d['full_ms']:.2f} ms full ({d['params_full']:,} params) vs {d['compressed_ms']:.2f} ms compressed "
+            f"({d['params_compressed']:,} params): {d['speedup']:.2f}x faster, on {host_description()}.",
+            "",
+        ]
     if args.eval:
         ev = json.loads(Path(args.eval).read_text())
         lines += [
@@ -115,21 +171,31 @@ def main(args):
     if args.recipe:
         lines += ["## Training", "", f"Reproduce: `{args.command}`; bundle/README.md lists every step.", ""]
         recipe = Path(args.recipe)
-        timings = json.loads((recipe / "recipe_timings.json").read_text()) if (recipe / "recipe_timings.json").exists() else {}
+        timings_file = recipe / "recipe_timings.json"
+        timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
         for stage in [s for s in args.stages.split(",") if s]:
             cfg_file = recipe / stage / "training_config.json"
             if not cfg_file.exists():
                 continue
             cfg = json.loads(cfg_file.read_text())
-            shown = {k: v for k, v in cfg["args"].items() if v is not None and v is not False and k not in ("output", "overwrite", "resume")}
+            hidden = ("output", "overwrite", "resume")
+            shown = {k: v for k, v in cfg["args"].items() if v is not None and v is not False and k not in hidden}
             secs = f", {timings[stage]:.0f} s on this CPU" if stage in timings else ""
             done = recipe / stage / "stage_complete.json"
             if done.exists():  # the stage's own result line, e.g. the decoder's PSNR
                 result = {k: v for k, v in json.loads(done.read_text()).items() if k != "stage"}
                 secs += "; result: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                  for k, v in result.items())  # fmt: skip
-            lines.append(f"- **{stage}** (`training.{cfg['stage'] if cfg['stage'] != 'evolve_robust' else 'robust'}`{secs}): "
+            module = cfg["stage"] if cfg["stage"] != "evolve_robust" else "robust"
+            lines.append(f"- **{stage}** (`training.{module}`{secs}): "
                          + ", ".join(f"{k}={v}" for k, v in sorted(shown.items())))  # fmt: skip
+            text = recipe / stage / "text_stage" / "metrics.json"
+            if text.exists():  # train_teacher's text-encoder pre-training (from scratch only)
+                m = json.loads(text.read_text())
+                worst = min(m["per_attribute"], key=m["per_attribute"].get)
+                lines.append(f"  - text encoder pre-trained on toy captions, then frozen: {m['all_attributes']:.4f} "
+                             f"of {m['heldout_captions']} held-out captions read fully right (lowest attribute: "
+                             f"{worst} {m['per_attribute'][worst]:.4f})")  # fmt: skip
         lines.append("")
     out.write_text("\n".join(lines))
     print(f"wrote {out}")

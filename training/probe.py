@@ -5,7 +5,8 @@ relation, and per object slot shape / color / size / position; slot 1 is the lef
 penultimate layer (``feature_dim`` values, 64 by default) is the feature space of the toy FID in
 ``training.evaluate``.
 
-Train and ship it (224 s on the 2-core dev CPU when it was otherwise idle; bitwise reproducible with the same thread count)::
+Train and ship it (224 s on the 2-core dev CPU when it was otherwise idle; bitwise reproducible with the same
+thread count)::
 
     python -m training.probe --output bundle/probe [--steps 1500] [--seed 0] [--overwrite]
 
@@ -160,7 +161,9 @@ def load_probe(path: str = DEFAULT_PROBE, device: str | torch.device = "cpu") ->
     with open(os.path.join(path, "config.json")) as f:
         attributes = json.load(f).get("attributes")
     if attributes != {k: list(v) for k, v in ATTRIBUTE_VALUES.items()}:
-        raise ValueError(f"The probe at {path!r} was trained for other attributes than training.toy_world defines; retrain it.")
+        raise ValueError(
+            f"The probe at {path!r} was trained for other attributes than training.toy_world defines; retrain it."
+        )
     probe = Probe.from_pretrained(path, torch_dtype=torch.float32, use_safetensors=True)
     return probe.to(device).eval()
 
@@ -169,7 +172,9 @@ def load_probe(path: str = DEFAULT_PROBE, device: str | torch.device = "cpu") ->
 
 
 def _targets(flats: list[dict[str, str]]) -> dict[str, torch.Tensor]:
-    return {name: torch.tensor([list(ATTRIBUTE_VALUES[name]).index(f[name]) for f in flats]) for name in ATTRIBUTE_VALUES}
+    return {
+        name: torch.tensor([list(values).index(f[name]) for f in flats]) for name, values in ATTRIBUTE_VALUES.items()
+    }
 
 
 def true_renders(world: ToyWorld, indices) -> tuple[torch.Tensor, list[dict[str, str]]]:
@@ -228,7 +233,8 @@ def fail(message: str) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.steps < 1 or args.batch_size < 1 or args.eval_samples < 1:
-        fail(f"--steps, --batch-size and --eval-samples must be >= 1; got {args.steps}, {args.batch_size}, {args.eval_samples}.")
+        fail(f"--steps, --batch-size and --eval-samples must be >= 1; got {args.steps}, {args.batch_size}, "
+             f"{args.eval_samples}.")
     if args.seed < 0:
         fail(f"--seed must be >= 0; got {args.seed}.")
     if os.path.exists(args.output) and os.listdir(args.output) and not args.overwrite:
@@ -276,8 +282,10 @@ def main(argv=None) -> int:
     probe.half().save_pretrained(args.output, safe_serialization=True)
     metrics = {
         "heldout_accuracy": acc, "heldout_accuracy_augmented": acc_aug, "target_per_attribute": ACCURACY_TARGET,
-        "passed": passed, "eval_samples": args.eval_samples, "eval_indices": f"ToyWorld({args.seed}).heldout(0, {args.eval_samples})",
-        "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "train_seconds": round(train_s, 1),
+        "passed": passed, "eval_samples": args.eval_samples,
+        "eval_indices": f"ToyWorld({args.seed}).heldout(0, {args.eval_samples})",
+        "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+        "train_seconds": round(train_s, 1),
         "feature_dim": probe.config.feature_dim, "parameters": sum(p.numel() for p in probe.parameters()),
     }  # fmt: skip
     with open(os.path.join(args.output, "metrics.json"), "w") as f:

@@ -164,7 +164,10 @@ ATTRIBUTE_VALUES: dict[str, tuple[str, ...]] = {
 
 
 def attribute_names() -> list[str]:
-    """Names of the attributes the probe predicts: count, background, relation, obj{1,2}_{shape,color,size,position}."""
+    """Names of the attributes the probe predicts.
+
+    count, background, relation, obj{1,2}_{shape,color,size,position}.
+    """
     return list(ATTRIBUTE_VALUES)
 
 
@@ -224,7 +227,9 @@ def _check_complete(labels: Labels) -> None:
     for i, obj in enumerate(labels.objects):
         for field, allowed in (("shape", SHAPES), ("color", COLORS), ("size", SIZES), ("position", POSITIONS)):
             if getattr(obj, field) not in allowed:
-                raise ValueError(f"Object {i + 1}: unknown {field} {getattr(obj, field)!r}; allowed: {', '.join(allowed)}.")
+                raise ValueError(
+                    f"Object {i + 1}: unknown {field} {getattr(obj, field)!r}; allowed: {', '.join(allowed)}."
+                )
     if n == 2:
         expected = _RELATION_POSITIONS[labels.relation]
         got = tuple(o.position for o in labels.objects)

@@ -42,7 +42,8 @@ def add_denoiser_args(parser: argparse.ArgumentParser) -> None:
                    help="target of the UNet (default: the pretrained scheduler's, else epsilon)")  # fmt: skip
     g.add_argument("--caption-dropout", type=float, default=0.1, help="probability of an empty caption (for CFG)")
     g.add_argument("--train-text-encoder", action=argparse.BooleanOptionalAction, default=None,
-                   help="train the text encoder with the UNet (default: off; on from scratch with --text-steps 0)")  # fmt: skip
+                   help="train the text encoder with the UNet (default: off; on from scratch with "
+                   "--text-steps 0)")  # fmt: skip
     g.add_argument("--snr-gamma", type=float, default=None,
                    help="Min-SNR-gamma loss weighting (5 is the usual choice); default: unweighted")  # fmt: skip
     g.add_argument("--default-steps", type=int, default=50, help="recommended sampling steps saved with the model")
@@ -192,7 +193,8 @@ def train_text_encoder(text_encoder, tokenizer, args, accelerator, out):
     with torch.no_grad():
         preds = torch.stack([lg.argmax(1).cpu() for lg in logits(test_ids)], dim=1)  # (n, attributes)
     per_attribute = (preds == test_labels).float().mean(0)
-    metrics = {"heldout_captions": len(test_ids), "all_attributes": (preds == test_labels).all(1).float().mean().item(),
+    all_right = (preds == test_labels).all(1).float().mean().item()
+    metrics = {"heldout_captions": len(test_ids), "all_attributes": all_right,
                "per_attribute": dict(zip(ATTRIBUTE_VALUES, per_attribute.tolist()))}  # fmt: skip
     accelerator.print(f"text encoder: held-out captions read fully right {metrics['all_attributes']:.4f}")
     if accelerator.is_main_process:
@@ -231,7 +233,8 @@ def train_denoiser(args, stage: str, block_keep_prob: float = 1.0, components: d
     scheduler = make_scheduler(prediction_type) if from_scratch else components["scheduler"]
     if scheduler.config.prediction_type != prediction_type:
         scheduler = type(scheduler).from_config(scheduler.config, prediction_type=prediction_type)
-    text_ready = from_scratch and getattr(args, "text_steps", 0) > 0  # from scratch, the encoder is pre-trained, then frozen
+    # from scratch, the text encoder is pre-trained on captions, then frozen
+    text_ready = from_scratch and getattr(args, "text_steps", 0) > 0
     if args.train_text_encoder is None:
         train_te = from_scratch and not text_ready
     else:
