@@ -87,6 +87,20 @@ def denoising_loss(
     return (weight * per_sample).mean()
 
 
+def _warm_up(accelerator, name: str, steps: int, opt, loss_fn) -> None:
+    """A plain optimisation loop kept out of accelerate's state (the from-scratch VAE and text-encoder phases)."""
+    bar = progress(accelerator, steps, 0, name)
+    for step in range(steps):
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        bar.update()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        accelerator.log({f"{name}/loss": loss.item()}, step=step)
+    bar.close()
+
+
 def train_vae(vae, args, accelerator, out):
     """Train the VAE as an autoencoder (MSE + small KL); set scaling_factor so latents have unit std."""
     done = out / "vae_stage"
@@ -103,20 +117,15 @@ def train_vae(vae, args, accelerator, out):
     # (same seed, same data), so the VAE is identical across processes.
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     vae.to(accelerator.device).train()
-    bar = progress(accelerator, args.vae_steps, 0, "vae")
     it = infinite(loader)
-    for step in range(args.vae_steps):
+
+    def loss_fn():
         x = next(it)["pixel_values"].to(accelerator.device)  # (B, 3, R, R) in [-1, 1]
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
-        loss = F.mse_loss(recon, x) + args.vae_kl_weight * posterior.kl().mean()
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        bar.update()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        accelerator.log({"vae/loss": loss.item()}, step=step)
-    bar.close()
+        return F.mse_loss(recon, x) + args.vae_kl_weight * posterior.kl().mean()
+
+    _warm_up(accelerator, "vae", args.vae_steps, opt, loss_fn)
     vae.eval()
     with torch.no_grad():  # SD's recipe: scale latents to unit variance
         x = torch.cat([next(it)["pixel_values"] for _ in range(4)])
@@ -177,18 +186,12 @@ def train_text_encoder(text_encoder, tokenizer, args, accelerator, out):
         pooled = text_encoder(ids.to(device)).pooler_output  # (B, hidden): the end-of-text token's state
         return [head(pooled) for head in heads]
 
-    bar = progress(accelerator, args.text_steps, 0, "text")
-    for step in range(args.text_steps):
+    def loss_fn():
         pick = torch.randint(0, len(train_ids), (args.text_batch_size,), generator=gen)
         y = train_labels[pick].to(device)
-        loss = sum(F.cross_entropy(lg, y[:, i]) for i, lg in enumerate(logits(train_ids[pick])))
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        bar.update()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        accelerator.log({"text/loss": loss.item()}, step=step)
-    bar.close()
+        return sum(F.cross_entropy(lg, y[:, i]) for i, lg in enumerate(logits(train_ids[pick])))
+
+    _warm_up(accelerator, "text", args.text_steps, opt, loss_fn)
     text_encoder.eval()
     with torch.no_grad():
         preds = torch.stack([lg.argmax(1).cpu() for lg in logits(test_ids)], dim=1)  # (n, attributes)
