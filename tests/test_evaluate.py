@@ -237,13 +237,13 @@ def test_ablate_removal_sweep_writes_table_and_plot(tmp_path, capsys, model64, p
     argv = ["--model", f"a={model64}", "--model", f"b={model64}", "--steps", "1", "--num-images", str(K),
             "--batch-size", "80", "--blocks", ",".join(blocks), "--out", str(out)]  # fmt: skip
     assert ablate.main(argv) == 0
-    res = json.loads((out / "results.json").read_text())
+    res = json.loads((out / "removal.json").read_text())
     assert blocks and [m["label"] for m in res["models"]] == ["a", "b"]
     rows = res["models"][0]["rows"]
     assert [r["removed"] for r in rows] == ["none", *blocks]
     assert any(r["fid"] != rows[0]["fid"] for r in rows[1:])  # removing a block changes the images
     assert res["models"][1]["rows"] == rows  # same model, same noise: same numbers
-    table = (out / "results.md").read_text()
+    table = (out / "removal.md").read_text()
     assert all(f"| {b} |" in table for b in blocks)
     assert (out / "removal.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -7,7 +7,7 @@ the intact model. A robust-trained UNet (``training.robust``) should lose far le
     python -m training.ablate --model plain=runs/mini/teacher_v --model robust=runs/mini/robust \\
         --steps 10 --guidance 5 --num-images 128 --out runs/mini/ablation_removal
 
-Writes ``<out>/results.json``, ``<out>/results.md`` (a table) and ``<out>/removal.png`` (alignment and FID per
+Writes ``<out>/removal.json``, ``<out>/removal.md`` (a table) and ``<out>/removal.png`` (alignment and FID per
 removed block, one bar series per model).
 """
 
@@ -175,7 +175,7 @@ def main(argv=None) -> int:
     blocks = [b.strip() for b in args.blocks.split(",") if b.strip()] if args.blocks is not None else None
     if blocks is not None and not blocks:
         fail("--blocks is empty; give block ids like 'mid.0:RB' or leave it out to remove every removable block.")
-    paths = [os.path.join(args.out, n) for n in ("results.json", "results.md", "removal.png")]
+    paths = [os.path.join(args.out, n) for n in ("removal.json", "removal.md", "removal.png")]
     existing = [p for p in paths if os.path.exists(p)]
     if existing and not args.overwrite:
         fail(f"{existing[0]} exists; pass --overwrite to replace it.")
