@@ -260,6 +260,8 @@ def test_text_encoder_pretraining_reads_captions_then_stays_frozen(tmp_path):
     metrics = json.loads((out / "text_stage" / "metrics.json").read_text())
     # 150 steps are enough for the easy attributes; chance is 1/2 (count) and 1/4 (background)
     assert metrics["per_attribute"]["count"] > 0.95 and metrics["per_attribute"]["background"] > 0.9, metrics
+    vae = json.loads((out / "vae_stage" / "metrics.json").read_text())
+    assert np.isfinite(vae["psnr_db"]) and vae["posterior_std"] > 0
     pre = load_file(out / "text_stage" / "model.safetensors")
     final = load_file(out / "text_encoder" / "model.safetensors")
     assert all(torch.equal(pre[k], final[k]) for k in pre)  # frozen during diffusion training, like SD-v1.5's
@@ -345,3 +347,22 @@ def test_model_card_decoder_report_measures_fresh_latents():
     assert d["psnr_db"]["teacher_latents"] < 100  # the untrained pruned decoder is not the full one
     with pytest.raises(StageError, match="compressed decoder"):
         decoder_report(teacher, teacher, num_latents=2, steps=1, repeats=1)
+
+
+def test_vae_finetune_trains_only_the_decoder(saved_teacher, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "ft"
+    r = _run("training.vae_finetune", "--pretrained", str(saved_teacher), "--resolution", "32", "--max-steps", "3",
+             "--batch-size", "2", "--eval-images", "4", "--log-with", "none", "--output", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    before = load_file(saved_teacher / "vae" / "diffusion_pytorch_model.safetensors")
+    after = load_file(out / "vae" / "diffusion_pytorch_model.safetensors")
+    assert before.keys() == after.keys()
+    # the encoder side (and so the UNet's latent space) is untouched; the decoder changed
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("decoder."))
+    assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    done = json.loads((out / "stage_complete.json").read_text())
+    assert done["steps"] == 3 and np.isfinite(done["psnr_db_before"]) and np.isfinite(done["psnr_db_after"])
+    r = _run("training.vae_finetune", "--pretrained", str(tmp_path / "none"), "--output", str(tmp_path / "x"))
+    assert r.returncode == 2 and "model_index.json" in r.stderr

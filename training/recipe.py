@@ -23,7 +23,7 @@ from pathlib import Path
 from .common import CHECKPOINT_DIR, DONE_FILE, StageError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-STAGE_MODULES = {"train_teacher", "robust", "evolve", "distill", "decoder", "write_prompts"}
+STAGE_MODULES = {"train_teacher", "vae_finetune", "robust", "evolve", "distill", "decoder", "write_prompts"}
 
 
 def parse_args(argv=None):

@@ -18,15 +18,15 @@ import torch
 from .common import StageError
 from .models import load_stage_pipeline
 
-GRID_PROMPTS = [
-    "a big red circle on a gray background",
-    "a small blue square on a black background",
-    "a big yellow triangle on a white background",
+GRID_PROMPTS = [  # toy-world captions (every attribute named, as in training)
+    "a big red circle in the center on a gray background",
+    "a small blue square on the left, black background",
+    "a big yellow triangle at the top on a white background",
     "a big green diamond left of a small purple circle, gray background",
     "a small orange cross above a big blue ring, black background",
-    "a big cyan square on a brown background",
+    "brown background with a big cyan square in the bottom right",
     "a big red triangle below a small yellow circle, white background",
-    "a small pink ring on a gray background",
+    "a small pink ring in the top left on a gray background",
 ]
 
 

@@ -11,6 +11,7 @@ SD-v1.5 folder). Also does the paper's "fine-tune the teacher to v-prediction" s
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 
@@ -101,6 +102,20 @@ def _warm_up(accelerator, name: str, steps: int, opt, loss_fn) -> None:
     bar.close()
 
 
+@torch.no_grad()
+def vae_metrics(vae, dataset, num_images: int = 128) -> dict:
+    """Held-out reconstruction PSNR (dB, [0, 1] range, from the posterior mean) and the posterior's noise level.
+
+    A mean posterior std close to the latents' own spread means the latents the UNet learns are mostly noise.
+    """
+    x = torch.stack([dataset[i]["pixel_values"] for i in range(num_images)]).to(vae.device)
+    dist = vae.encode(x).latent_dist
+    recon = vae.decode(dist.mean).sample.clamp(-1, 1)
+    mse = F.mse_loss(recon.float() / 2, x.float() / 2).item()
+    return {"psnr_db": 10 * math.log10(1.0 / mse), "posterior_std": dist.std.mean().item(),
+            "latent_std": dist.mean.std().item(), "num_images": num_images}  # fmt: skip
+
+
 def train_vae(vae, args, accelerator, out):
     """Train the VAE as an autoencoder (MSE + small KL); set scaling_factor so latents have unit std."""
     done = out / "vae_stage"
@@ -131,8 +146,13 @@ def train_vae(vae, args, accelerator, out):
         x = torch.cat([next(it)["pixel_values"] for _ in range(4)])
         std = vae.encode(x.to(vae.device)).latent_dist.sample().std().item()
     vae.register_to_config(scaling_factor=1.0 / std)
+    metrics = vae_metrics(vae, make_dataset(args.data, args.resolution, seed=args.seed + 10**6,
+                                            image_column=args.image_column, caption_column=args.caption_column))
+    accelerator.print(f"VAE: held-out reconstruction PSNR {metrics['psnr_db']:.2f} dB, mean posterior std "
+                      f"{metrics['posterior_std']:.4f} (latent std {metrics['latent_std']:.4f})")  # fmt: skip
     if accelerator.is_main_process:
         vae.save_pretrained(done)
+        (done / "metrics.json").write_text(json.dumps(metrics, indent=2))
     accelerator.wait_for_everyone()
     return vae
 
@@ -146,8 +166,6 @@ def train_text_encoder(text_encoder, tokenizer, args, accelerator, out):
     Without this, a randomly initialised encoder gives nearly the same states for every caption, and the UNet
     learns to ignore the text (bundle v0). Captions and labels come from the toy world; no image is rendered.
     """
-    import json
-
     import numpy as np
 
     from .toy_world import ATTRIBUTE_VALUES, NUM_PHRASINGS, caption, random_labels
