@@ -185,6 +185,14 @@ def make_dataset(spec: str, resolution: int, seed: int = 0, offset: int = 0, ima
     raise StageError(f"--data kind {kind!r} is unknown; use toy, folder:PATH, hf:PATH or wds:PATTERN.")
 
 
+def add_data_args(parser) -> None:
+    """The data options every training stage shares (``parser`` may be an argument group)."""
+    parser.add_argument("--data", default="toy", help="toy | folder:PATH | hf:PATH | wds:PATTERN (training/data.py)")
+    parser.add_argument("--image-column", default="image")
+    parser.add_argument("--caption-column", default="text")
+    parser.add_argument("--resolution", type=int, default=64)
+
+
 def make_dataloader(dataset, batch_size: int, num_workers: int = 0, shuffle: bool = False):
     if isinstance(dataset, IterableDataset):
         shuffle = False

@@ -33,7 +33,7 @@ from .common import (
     validate_common_args, write_rank_checksum,
 )  # fmt: skip
 from .common import optimizer_step
-from .data import infinite, make_dataloader, make_dataset
+from .data import add_data_args, infinite, make_dataloader, make_dataset
 from .models import load_stage_pipeline
 
 STAGE = "distill"
@@ -52,10 +52,7 @@ def parse_args(argv=None):
     parser.add_argument("--w-max", type=float, default=14.0)
     parser.add_argument("--gamma", type=float, default=0.2, help="weight of L_ori")
     parser.add_argument("--caption-dropout", type=float, default=0.1, help="empty captions in the vanilla loss")
-    parser.add_argument("--data", default="toy")
-    parser.add_argument("--image-column", default="image")
-    parser.add_argument("--caption-column", default="text")
-    parser.add_argument("--resolution", type=int, default=64)
+    add_data_args(parser)
     parser.add_argument("--default-guidance", type=float, default=7.5, help="recommended CFG saved with the student")
     return parser.parse_args(argv)
 

@@ -26,7 +26,7 @@ from .common import (
     write_rank_checksum,
 )  # fmt: skip
 from .common import optimizer_step
-from .data import infinite, make_dataloader, make_dataset
+from .data import add_data_args, infinite, make_dataloader, make_dataset
 from .models import build_from_scratch, load_stage_pipeline, make_scheduler
 
 STAGE = "train_teacher"
@@ -34,10 +34,7 @@ STAGE = "train_teacher"
 
 def add_denoiser_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("denoiser training")
-    g.add_argument("--data", default="toy", help="toy | folder:PATH | hf:PATH | wds:PATTERN (see training/data.py)")
-    g.add_argument("--image-column", default="image")
-    g.add_argument("--caption-column", default="text")
-    g.add_argument("--resolution", type=int, default=64)
+    add_data_args(g)
     g.add_argument("--pretrained", default=None, help="pipeline folder to start from (else --model-preset)")
     g.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default=None,
                    help="target of the UNet (default: the pretrained scheduler's, else epsilon)")  # fmt: skip

@@ -24,7 +24,7 @@ from .common import (
     StageError, add_common_args, make_accelerator, make_lr_scheduler, make_optimizer, mark_complete, maybe_resume,
     optimizer_step, prepare_output, progress, run_cli, save_checkpoint, save_config, validate_common_args,
 )  # fmt: skip
-from .data import infinite, make_dataloader, make_dataset
+from .data import add_data_args, infinite, make_dataloader, make_dataset
 from .models import load_stage_pipeline
 
 STAGE = "vae_finetune"
@@ -34,10 +34,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser, lr=5e-4, batch_size=16, max_steps=2000)
     parser.add_argument("--pretrained", required=True, help="pipeline folder whose VAE decoder is fine-tuned")
-    parser.add_argument("--data", default="toy", help="toy | folder:PATH | hf:PATH | wds:PATTERN (training/data.py)")
-    parser.add_argument("--image-column", default="image")
-    parser.add_argument("--caption-column", default="text")
-    parser.add_argument("--resolution", type=int, default=64)
+    add_data_args(parser)
     parser.add_argument("--eval-images", type=int, default=128, help="held-out images for the PSNR report")
     return parser.parse_args(argv)
 
