@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from pipelines import EfficientUNet2DConditionModel
 from pipelines.latency import host_description
 from pipelines.profiling import count_params
 
-from .common import StageError
+from .common import StageError, run_cli
 from .models import load_stage_pipeline
 
 
@@ -203,8 +202,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except StageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+    run_cli(main, parse_args)

@@ -16,11 +16,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import sys
 import time
 from pathlib import Path
 
-from .common import CHECKPOINT_DIR, DONE_FILE, StageError
+from .common import CHECKPOINT_DIR, DONE_FILE, StageError, run_cli
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 STAGE_MODULES = {"train_teacher", "vae_finetune", "robust", "evolve", "distill", "decoder", "write_prompts"}
@@ -139,8 +138,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except StageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+    run_cli(main, parse_args)

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from pathlib import Path
 
 import PIL.Image
 import torch
 
-from .common import StageError
+from .common import StageError, run_cli
 from .models import load_stage_pipeline
 
 GRID_PROMPTS = [  # toy-world captions (every attribute named, as in training)
@@ -83,8 +82,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except StageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+    run_cli(main, parse_args)
