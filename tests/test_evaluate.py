@@ -225,6 +225,24 @@ def test_evaluate_end_to_end_writes_json_and_curve(tmp_path, capsys, model64):
     with pytest.raises(ValueError, match="results"):
         ev.plot_curves([{"label": "x"}], str(tmp_path / "bad.png"))
 
+    # merge: two runs of one model at other guidance scales join into one sorted curve, numbers untouched
+    low = dict(res, results=[dict(r, guidance=r["guidance"] / 4) for r in res["results"]])
+    (tmp_path / "low.json").write_text(json.dumps(low))
+    merged = tmp_path / "merged.json"
+    assert ev.main(["--merge", str(out / "results.json"), str(tmp_path / "low.json"), "--out", str(merged)]) == 0
+    m = json.loads(merged.read_text())
+    assert [r["guidance"] for r in m["results"]] == [0.25, 0.75, 1.0, 3.0]
+    assert m["results"][2] == res["results"][0] and m["floor_fid"] == res["floor_fid"]
+    assert "appears in more than one run" in _cli_error(
+        ["--merge", str(out / "results.json"), str(out / "results.json"), "--out", str(tmp_path / "x.json")], capsys)
+    other_k = dict(low, num_images=K + 1)
+    (tmp_path / "k.json").write_text(json.dumps(other_k))
+    merge_k = ["--merge", str(out / "results.json"), str(tmp_path / "k.json"), "--out", str(tmp_path / "y.json")]
+    err = _cli_error(merge_k, capsys)
+    assert "num_images" in err
+    assert "--overwrite" in _cli_error(["--merge", str(out / "results.json"), str(tmp_path / "low.json"), "--out",
+                                        str(merged)], capsys)  # fmt: skip
+
 
 # ---------------------------------------------------------------------------------------------- block removal
 

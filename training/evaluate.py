@@ -22,6 +22,7 @@ points of a curve differ only by guidance.
         [--batch-size 64] [--seed 0] [--out runs/eval/student] [--overwrite]
     python -m training.evaluate --overlay runs/eval/teacher/results.json runs/eval/student/results.json \\
         --out runs/eval/teacher_vs_student.png
+    python -m training.evaluate --merge runs/eval/student.json runs/eval/student_low.json --out runs/eval/all.json
 
 ``--out`` is a folder (``results.json`` + ``curve.png``) or a ``.json`` path (the PNG is written beside it).
 """
@@ -292,6 +293,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--overlay", nargs="+", metavar="JSON", help="only plot these results JSONs on one figure (--out PNG)"
     )
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="only join runs of one model with the same settings "
+                   "at different guidance scales into one results JSON (--out .json)")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -305,6 +308,56 @@ def output_paths(out: str) -> tuple[str, str]:
     if out.lower().endswith(".json"):
         return out, out[: -len(".json")] + ".png"
     return os.path.join(out, "results.json"), os.path.join(out, "curve.png")
+
+
+MERGE_KEYS = ("format", "model", "probe", "steps", "num_images", "seed", "floor_fid", "machine", "device")
+
+
+def merge_results(runs: list[dict]) -> dict:
+    """Join evaluations of one model made with the same settings (steps, K, seed, probe, machine) at different
+    guidance scales: the first run's fields, every run's rows sorted by guidance. Nothing is recomputed."""
+    if len(runs) < 2:
+        raise ValueError(f"--merge needs at least 2 results JSONs; got {len(runs)}.")
+    first = runs[0]
+    for i, run in enumerate(runs[1:], start=2):
+        for key in MERGE_KEYS:
+            if run.get(key) != first.get(key):
+                raise ValueError(f"run {i} has {key}={run.get(key)!r} but run 1 has {first.get(key)!r}; only runs "
+                                 f"with the same {', '.join(MERGE_KEYS)} can be merged.")  # fmt: skip
+    rows = [row for run in runs for row in run["results"]]
+    scales = [row["guidance"] for row in rows]
+    repeated = sorted({g for g in scales if scales.count(g) > 1})
+    if repeated:
+        raise ValueError(f"guidance {', '.join(f'{g:g}' for g in repeated)} appears in more than one run.")
+    return {**first, "results": sorted(rows, key=lambda r: r["guidance"])}
+
+
+def _merge(args) -> int:
+    if not args.out or not args.out.lower().endswith(".json"):
+        fail(f"--merge needs --out ending in .json; got {args.out!r}.")
+    json_path, png_path = output_paths(args.out)
+    existing = [p for p in (json_path, png_path) if os.path.exists(p)]
+    if existing and not args.overwrite:
+        fail(f"{existing[0]} exists; pass --overwrite to replace it.")
+    runs = []
+    for path in args.merge:
+        try:
+            with open(path) as f:
+                runs.append(json.load(f))
+        except (OSError, json.JSONDecodeError) as e:
+            fail(f"cannot read results JSON {path}: {e}")
+    try:
+        res = merge_results(runs)
+    except (ValueError, KeyError, TypeError) as e:
+        fail(f"cannot merge {' '.join(args.merge)}: {e}")
+    if args.label:
+        res["label"] = args.label
+    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+    with open(json_path, "w") as f:
+        json.dump(res, f, indent=2)
+    plot_curves([res], png_path)
+    print(f"saved {json_path} and {png_path}")
+    return 0
 
 
 def _overlay(args) -> int:
@@ -329,8 +382,12 @@ def _overlay(args) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.overlay and args.merge:
+        fail("--overlay and --merge are separate commands; pass one of them.")
     if args.overlay:
         return _overlay(args)
+    if args.merge:
+        return _merge(args)
     if not args.model:
         fail("--model is required (a SnapFusionPipeline folder).")
 
@@ -397,8 +454,8 @@ def main(argv=None) -> int:
     return 0
 
 
-__all__ = ["alignment_scores", "evaluate_pipeline", "fid_from_features", "parse_guidance", "plot_curves",
-           "prompted_items"]  # fmt: skip
+__all__ = ["alignment_scores", "evaluate_pipeline", "fid_from_features", "merge_results", "parse_guidance",
+           "plot_curves", "prompted_items"]  # fmt: skip
 
 if __name__ == "__main__":
     raise SystemExit(main())

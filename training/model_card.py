@@ -181,6 +181,8 @@ def main(args):
             hidden = ("output", "overwrite", "resume")
             shown = {k: v for k, v in cfg["args"].items() if v is not None and v is not False and k not in hidden}
             secs = f", {timings[stage]:.0f} s on this CPU" if stage in timings else ""
+            if secs and cfg["args"].get("resume"):  # the recipe times one process: the resumed part only
+                secs += " after resuming from a checkpoint (time before the interruption not counted)"
             done = recipe / stage / "stage_complete.json"
             if done.exists():  # the stage's own result line, e.g. the decoder's PSNR
                 result = {k: v for k, v in json.loads(done.read_text()).items() if k != "stage"}
