@@ -332,26 +332,7 @@ def merge_results(runs: list[dict]) -> dict:
     return {**first, "results": sorted(rows, key=lambda r: r["guidance"])}
 
 
-def _merge(args) -> int:
-    if not args.out or not args.out.lower().endswith(".json"):
-        fail(f"--merge needs --out ending in .json; got {args.out!r}.")
-    json_path, png_path = output_paths(args.out)
-    existing = [p for p in (json_path, png_path) if os.path.exists(p)]
-    if existing and not args.overwrite:
-        fail(f"{existing[0]} exists; pass --overwrite to replace it.")
-    runs = []
-    for path in args.merge:
-        try:
-            with open(path) as f:
-                runs.append(json.load(f))
-        except (OSError, json.JSONDecodeError) as e:
-            fail(f"cannot read results JSON {path}: {e}")
-    try:
-        res = merge_results(runs)
-    except (ValueError, KeyError, TypeError) as e:
-        fail(f"cannot merge {' '.join(args.merge)}: {e}")
-    if args.label:
-        res["label"] = args.label
+def _write_results(res: dict, json_path: str, png_path: str) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
     with open(json_path, "w") as f:
         json.dump(res, f, indent=2)
@@ -360,18 +341,39 @@ def _merge(args) -> int:
     return 0
 
 
-def _overlay(args) -> int:
-    if not args.out or not args.out.lower().endswith(".png"):
-        fail(f"--overlay needs --out ending in .png; got {args.out!r}.")
-    if os.path.exists(args.out) and not args.overwrite:
-        fail(f"{args.out} exists; pass --overwrite to replace it.")
+def _read_results(paths: list[str]) -> list[dict]:
     results = []
-    for path in args.overlay:
+    for path in paths:
         try:
             with open(path) as f:
                 results.append(json.load(f))
         except (OSError, json.JSONDecodeError) as e:
             fail(f"cannot read results JSON {path}: {e}")
+    return results
+
+
+def _merge(args) -> int:
+    if not args.out or not args.out.lower().endswith(".json"):
+        fail(f"--merge needs --out ending in .json; got {args.out!r}.")
+    json_path, png_path = output_paths(args.out)
+    existing = [p for p in (json_path, png_path) if os.path.exists(p)]
+    if existing and not args.overwrite:
+        fail(f"{existing[0]} exists; pass --overwrite to replace it.")
+    try:
+        res = merge_results(_read_results(args.merge))
+    except (ValueError, KeyError, TypeError) as e:
+        fail(f"cannot merge {' '.join(args.merge)}: {e}")
+    if args.label:
+        res["label"] = args.label
+    return _write_results(res, json_path, png_path)
+
+
+def _overlay(args) -> int:
+    if not args.out or not args.out.lower().endswith(".png"):
+        fail(f"--overlay needs --out ending in .png; got {args.out!r}.")
+    if os.path.exists(args.out) and not args.overwrite:
+        fail(f"{args.out} exists; pass --overwrite to replace it.")
+    results = _read_results(args.overlay)
     try:
         plot_curves(results, args.out)
     except (ValueError, KeyError) as e:
@@ -446,12 +448,7 @@ def main(argv=None) -> int:
            "machine": host_description(), "device": device, **res}  # fmt: skip
 
     # 4. write JSON + curve
-    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-    with open(json_path, "w") as f:
-        json.dump(res, f, indent=2)
-    plot_curves([res], png_path)
-    print(f"saved {json_path} and {png_path}")
-    return 0
+    return _write_results(res, json_path, png_path)
 
 
 __all__ = ["alignment_scores", "evaluate_pipeline", "fid_from_features", "merge_results", "parse_guidance",
