@@ -136,6 +136,37 @@ def test_decoder_distillation_loss_falls_by_half():
     assert last < 0.5 * first, (first, last)
 
 
+def test_lr_schedules_warm_up_then_hold_or_decay():
+    from argparse import Namespace
+
+    from training.common import make_lr_scheduler
+
+    def lrs(schedule):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = make_lr_scheduler(opt, Namespace(warmup_steps=4, max_steps=12, lr_schedule=schedule))
+        out = []
+        for _ in range(12):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    const, cos = lrs("constant"), lrs("cosine")
+    assert const[:4] == cos[:4] == [0.25, 0.5, 0.75, 1.0] and const[4:] == [1.0] * 8
+    assert cos[4] == 1.0 and all(a > b for a, b in zip(cos[4:], cos[5:]))
+    assert cos[-1] == pytest.approx(0.0381, abs=1e-3)
+
+
+def test_decoder_stage_guidance_list():
+    from training.decoder import parse_guidance_list
+
+    assert parse_guidance_list("5") == [5.0] and parse_guidance_list(7.5) == [7.5]
+    assert parse_guidance_list("1.5, 2,8") == [1.5, 2.0, 8.0]
+    for bad in ("", "two", "0.5,2", "nan"):
+        with pytest.raises(StageError, match="--gen-guidance"):
+            parse_guidance_list(bad)
+
+
 # ---------------------------------------------------------------------- data and bad input
 
 
@@ -279,10 +310,17 @@ def test_teacher_resume_and_no_clobber(tmp_path):
     r = _run("training.train_teacher", *args)
     assert r.returncode == 2 and "completed stage" in r.stderr
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
-    # resume from the checkpoint continues at step 2; a corrupt checkpoint is a clear error
+    # the stage clock: every sub-stage and checkpoint records its kept time
+    first = json.loads((out / "stage_complete.json").read_text())["seconds"]
+    step2 = json.loads((out / "checkpoints" / "step-2" / "step.json").read_text())
+    assert 0 < step2["elapsed_s"] < first and (out / "vae_stage" / "seconds.json").exists()
+    # resume from the checkpoint continues at step 2 and adds to the time kept up to it; a corrupt checkpoint is a
+    # clear error
     (out / "stage_complete.json").unlink()
+    (out / "checkpoints" / "step-2" / "step.json").write_text(json.dumps({"step": 2, "elapsed_s": 1000.0}))
     r = _run("training.train_teacher", *args, "--resume", "latest")
     assert r.returncode == 0 and "resumed from" in r.stdout + r.stderr, r.stderr[-2000:]
+    assert 1000.0 < json.loads((out / "stage_complete.json").read_text())["seconds"] < 1000.0 + first + 300
     (out / "stage_complete.json").unlink()
     for f in (out / "checkpoints" / "step-2").glob("*.safetensors"):
         f.write_bytes(b"not a tensor file")

@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "training_config.json"
 DONE_FILE = "stage_complete.json"
+CLOCK_FILE = "stage_clock.json"
 
 
 class StageError(ValueError):
@@ -38,6 +40,8 @@ def add_common_args(parser: argparse.ArgumentParser, *, lr: float = 1e-4, batch_
     g.add_argument("--lr", type=float, default=lr)
     g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (paper: 0.01)")
     g.add_argument("--warmup-steps", type=int, default=0)
+    g.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+                   help="after warm-up: constant, or cosine decay to 0 at --max-steps")  # fmt: skip
     g.add_argument("--max-grad-norm", type=float, default=1.0)
     g.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
     g.add_argument("--gradient-checkpointing", action="store_true")
@@ -91,8 +95,9 @@ def prepare_output(args) -> Path:
         stray = [p.name for p in out.iterdir() if p.name not in ("logs", CHECKPOINT_DIR)]
         if stray:
             raise StageError(f"{out} is not empty ({', '.join(sorted(stray)[:5])}); choose an empty --output.")
-    if args.overwrite and done.exists():
-        done.unlink()
+    if args.overwrite:
+        done.unlink(missing_ok=True)
+        (out / CLOCK_FILE).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -111,7 +116,37 @@ def make_accelerator(args, stage: str):
     set_seed(args.seed)
     if log_with is not None:
         accelerator.init_trackers(f"snapfusion-{stage}", config=_jsonable(vars(args)))
+    start_stage_clock(args)
     return accelerator
+
+
+# Stage clock: the seconds of work a stage has kept, summed over the processes that ran it. A resumed run adds the
+# time saved with its checkpoint (or completed sub-stage); work lost to an interruption is not counted.
+_CLOCK = {"start": None, "before": 0.0, "restored": False, "out": None}
+
+
+def start_stage_clock(args) -> None:
+    clock_file = Path(args.output) / CLOCK_FILE
+    restored = getattr(args, "resume", None) is not None and clock_file.exists()
+    before = float(json.loads(clock_file.read_text())["elapsed_s"]) if restored else 0.0
+    _CLOCK.update(start=time.time(), before=before, restored=restored, out=Path(args.output))
+
+
+def stage_seconds() -> float:
+    return _CLOCK["before"] + (time.time() - _CLOCK["start"] if _CLOCK["start"] is not None else 0.0)
+
+
+def save_clock(out: Path) -> None:
+    """Record the stage's kept time (after a checkpoint or a completed sub-stage); read back on resume."""
+    (Path(out) / CLOCK_FILE).write_text(json.dumps({"elapsed_s": stage_seconds()}))
+
+
+def reuse_substage_time(folder: Path) -> None:
+    """A completed sub-stage (e.g. the teacher's VAE) loaded instead of retrained: count the seconds it took,
+    unless the clock was restored from a save that already includes them."""
+    f = Path(folder) / "seconds.json"
+    if not _CLOCK["restored"] and f.exists():
+        _CLOCK["before"] += float(json.loads(f.read_text())["seconds"])
 
 
 def seed_everything(seed: int) -> None:
@@ -146,13 +181,14 @@ def save_checkpoint(accelerator, args, out: Path, step: int, stage: str) -> None
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
         save_config(args, tmp, stage, {"step": step})
-        (tmp / "step.json").write_text(json.dumps({"step": step}))
+        (tmp / "step.json").write_text(json.dumps({"step": step, "elapsed_s": stage_seconds()}))
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)
         ckpts = sorted((out / CHECKPOINT_DIR).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
         for old in ckpts[: max(0, len(ckpts) - args.checkpoints_total_limit)]:
             shutil.rmtree(old)
+        save_clock(out)
     accelerator.wait_for_everyone()
 
 
@@ -165,16 +201,22 @@ def maybe_resume(accelerator, args, out: Path) -> int:
         accelerator.print(f"--resume latest: no checkpoint in {out / CHECKPOINT_DIR}, starting from step 0")
         return 0
     try:
-        step = int(json.loads((folder / "step.json").read_text())["step"])
+        info = json.loads((folder / "step.json").read_text())
+        step = int(info["step"])
         accelerator.load_state(str(folder))
     except Exception as e:  # any unreadable or truncated file: say which checkpoint is corrupt
         raise StageError(f"Checkpoint {folder} is corrupt or incompatible ({type(e).__name__}: {e}); "
                          "delete it to resume from an earlier one.") from None  # fmt: skip
+    if "elapsed_s" in info:  # the time kept up to this checkpoint (not a later one's)
+        _CLOCK["before"], _CLOCK["start"] = float(info["elapsed_s"]), time.time()
     accelerator.print(f"resumed from {folder} at step {step}")
     return step
 
 
 def mark_complete(out: Path, info: dict) -> None:
+    """Write the stage's result line; ``seconds`` is its kept time on the stage clock (see ``stage_seconds``)."""
+    if _CLOCK["start"] is not None and _CLOCK["out"] == Path(out) and "seconds" not in info:
+        info = {**info, "seconds": round(stage_seconds(), 1)}
     (out / DONE_FILE).write_text(json.dumps(info, indent=2))
 
 
@@ -207,8 +249,19 @@ def make_optimizer(params, args):
 
 
 def make_lr_scheduler(optimizer, args):
+    """Linear warm-up over ``--warmup-steps``, then constant or cosine decay to 0 at ``--max-steps``."""
     warmup = max(0, args.warmup_steps)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    cosine = getattr(args, "lr_schedule", "constant") == "cosine"
+
+    def factor(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / warmup
+        if not cosine:
+            return 1.0
+        done = (s - warmup) / max(1, args.max_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def progress(accelerator, total: int, initial: int, desc: str):

@@ -1,8 +1,12 @@
 """Stage 5: compress the VAE decoder by channel pruning + data distillation (paper Sec. 5).
 
-Prompts -> teacher text-to-image (its UNet, ``--gen-steps`` DDIM steps) -> latents; decode each latent with the
-original and the pruned decoder; loss = MSE between the two decoded images. Only the decoder is trained and no
-images are needed. Latents are generated once into a pool of ``--pool-size`` (fresh noise per prompt).
+Prompts -> text-to-image latents; decode each latent with the original and the pruned decoder; loss = MSE between
+the two decoded images. Only the decoder is trained and no images are needed. Latents are generated once into a pool
+of ``--pool-size`` (fresh noise per prompt, a guidance scale drawn from ``--gen-guidance`` per batch), plus
+``--heldout`` latents never trained on, on which the final PSNR is reported.
+
+``--latents-from teacher`` (the paper: SD-v1.5's UNet, ``--gen-steps`` DDIM steps) or ``pipeline`` (the pipeline
+that receives the decoder, e.g. the 8-step student: the latents the app will decode).
 
     python -m training.decoder --teacher runs/teacher --pipeline runs/student --prompts prompts.txt \
         --output runs/student_final --width-ratio 0.5
@@ -39,18 +43,36 @@ def parse_args(argv=None):
                         "(default: the teacher)")  # fmt: skip
     parser.add_argument("--prompts", required=True, help="text file, one prompt per line")
     parser.add_argument("--width-ratio", type=float, default=0.5, help="fraction of decoder channels kept")
-    parser.add_argument("--gen-steps", type=int, default=50, help="teacher DDIM steps per latent")
-    parser.add_argument("--gen-guidance", type=float, default=7.5)
-    parser.add_argument("--pool-size", type=int, default=512, help="teacher latents generated before training")
+    parser.add_argument("--latents-from", choices=["teacher", "pipeline"], default="teacher",
+                        help="which pipeline's text-to-image sampling makes the latents")  # fmt: skip
+    parser.add_argument("--gen-steps", type=int, default=None, help="sampling steps per latent (default: the "
+                        "generating pipeline's recommended steps)")  # fmt: skip
+    parser.add_argument("--gen-guidance", default="7.5", help="guidance scale, or a comma-separated list to draw "
+                        "from per batch, e.g. 1.5,2.5,5,8")  # fmt: skip
+    parser.add_argument("--pool-size", type=int, default=512, help="latents generated before training")
+    parser.add_argument("--heldout", type=int, default=64, help="extra latents, never trained on, for the PSNR")
     return parser.parse_args(argv)
+
+
+def parse_guidance_list(text) -> list[float]:
+    try:
+        values = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise StageError(f"--gen-guidance must be a number or comma-separated numbers; got {text!r}.") from None
+    if not values or any(not math.isfinite(v) or v < 1.0 for v in values):
+        raise StageError(f"--gen-guidance needs one or more finite scales >= 1; got {text!r}.")
+    return values
 
 
 def main(args):
     validate_common_args(args)
     if args.pool_size < args.batch_size:
         raise StageError(f"--pool-size {args.pool_size} must be >= --batch-size {args.batch_size}.")
-    if args.gen_steps < 1:
+    if args.gen_steps is not None and args.gen_steps < 1:
         raise StageError(f"--gen-steps must be >= 1; got {args.gen_steps}.")
+    if args.heldout < 1:
+        raise StageError(f"--heldout must be >= 1; got {args.heldout}.")
+    guidances = parse_guidance_list(args.gen_guidance)
     prompts = read_prompts(args.prompts)
 
     # 1. teacher (latents + target decoder) and the pipeline to extend
@@ -69,20 +91,23 @@ def main(args):
     student = CompressedVAEDecoder.from_vae(vae, args.width_ratio)  # pruned init (first channels kept)
     student.train()
 
-    # 2. latent pool from the teacher's text-to-image sampling (deterministic in --seed)
+    # 2. latent pool (+ held-out latents) from text-to-image sampling, deterministic in --seed
+    source = teacher if args.latents_from == "teacher" else target
+    source.to(device)
     rng = random.Random(args.seed)
     pool = []
     gen = torch.Generator("cpu").manual_seed(args.seed)
-    n_batches = math.ceil(args.pool_size / args.batch_size)
+    n_batches = math.ceil((args.pool_size + args.heldout) / args.batch_size)
     bar = progress(accelerator, n_batches, 0, "latents")
     for _ in range(n_batches):
         batch_prompts = [rng.choice(prompts) for _ in range(args.batch_size)]
-        lat = teacher(batch_prompts, num_inference_steps=args.gen_steps, guidance_scale=args.gen_guidance,
-                      generator=gen, output_type="latent").images  # fmt: skip
+        lat = source(batch_prompts, num_inference_steps=args.gen_steps, guidance_scale=rng.choice(guidances),
+                     generator=gen, output_type="latent").images  # fmt: skip
         pool.append(lat.cpu())
         bar.update()
     bar.close()
-    pool = torch.cat(pool)[: args.pool_size]  # (P, 4, h, w), scaled latents
+    pool = torch.cat(pool)  # (P, 4, h, w), scaled latents
+    pool, heldout = pool[: args.pool_size], pool[args.pool_size : args.pool_size + args.heldout]
 
     # 3. train the pruned decoder to reproduce the original decoder's images
     optimizer = make_optimizer(student.parameters(), args)
@@ -110,15 +135,15 @@ def main(args):
                 save_checkpoint(accelerator, args, out, step, STAGE)
     bar.close()
 
-    # 4. save the extended pipeline; report PSNR on held-out pool latents
+    # 4. save the extended pipeline; report PSNR on the held-out latents
     accelerator.wait_for_everyone()
     student = accelerator.unwrap_model(student).eval()
     with torch.no_grad():
-        z = pool[: min(len(pool), 64)].to(device) / vae.config.scaling_factor
+        z = heldout.to(device) / vae.config.scaling_factor
         ref = ((vae.decode(z).sample + 1) / 2).clamp(0, 1)
         pred = ((student(z) + 1) / 2).clamp(0, 1)
         psnr = (10 * torch.log10(1.0 / F.mse_loss(pred, ref))).item()
-    accelerator.print(f"compressed decoder PSNR vs original: {psnr:.2f} dB (on pool latents)")
+    accelerator.print(f"compressed decoder PSNR vs original: {psnr:.2f} dB (on {len(heldout)} held-out latents)")
     if accelerator.is_main_process:
         pipe = SnapFusionPipeline(
             vae=target.vae, text_encoder=target.text_encoder, tokenizer=target.tokenizer, unet=target.unet,
@@ -127,7 +152,7 @@ def main(args):
             default_guidance_scale=target.config.default_guidance_scale,
         )  # fmt: skip
         pipe.save_pretrained(out)
-        mark_complete(out, {"stage": STAGE, "steps": step, "final_mse": loss.item(), "psnr_db_on_pool": psnr})
+        mark_complete(out, {"stage": STAGE, "steps": step, "final_mse": loss.item(), "psnr_db_heldout": psnr})
     accelerator.end_training()
     return out
 

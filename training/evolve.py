@@ -29,7 +29,7 @@ import torch
 from pipelines import EfficientUNet2DConditionModel, SnapFusionPipeline
 from pipelines.latency import LatencyTable, host_description
 
-from .common import StageError, mark_complete, prepare_output, run_cli, save_config
+from .common import StageError, mark_complete, prepare_output, run_cli, save_config, start_stage_clock
 from .models import load_stage_pipeline
 
 STAGE = "evolve"
@@ -149,6 +149,7 @@ def score_pipeline(pipe: SnapFusionPipeline, scorer, args, skip=()) -> float:
 
 
 def main(args):
+    start_stage_clock(args)  # the latency table and the search both count
     # 0. check inputs
     if (args.target_ms is None) == (args.target_ratio is None):
         raise StageError("give exactly one of --target-ms and --target-ratio.")

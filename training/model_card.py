@@ -180,12 +180,16 @@ def main(args):
             cfg = json.loads(cfg_file.read_text())
             hidden = ("output", "overwrite", "resume")
             shown = {k: v for k, v in cfg["args"].items() if v is not None and v is not False and k not in hidden}
-            secs = f", {timings[stage]:.0f} s on this CPU" if stage in timings else ""
-            if secs and cfg["args"].get("resume"):  # the recipe times one process: the resumed part only
-                secs += " after resuming from a checkpoint (time before the interruption not counted)"
             done = recipe / stage / "stage_complete.json"
-            if done.exists():  # the stage's own result line, e.g. the decoder's PSNR
-                result = {k: v for k, v in json.loads(done.read_text()).items() if k != "stage"}
+            result = {k: v for k, v in json.loads(done.read_text()).items() if k != "stage"} if done.exists() else {}
+            seconds = result.pop("seconds", None)  # the stage clock: kept time summed across resumes
+            if seconds is not None:
+                secs = f", {seconds:.0f} s on this CPU"
+            else:
+                secs = f", {timings[stage]:.0f} s on this CPU" if stage in timings else ""
+                if secs and cfg["args"].get("resume"):  # an older run timed by the recipe: one process only
+                    secs += " after resuming from a checkpoint (time before the interruption not counted)"
+            if result:  # the stage's own result line, e.g. the decoder's PSNR
                 secs += "; result: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                  for k, v in result.items())  # fmt: skip
             module = cfg["stage"] if cfg["stage"] != "evolve_robust" else "robust"

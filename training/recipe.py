@@ -130,7 +130,9 @@ def main(args):
         else:
             module = importlib.import_module(f"training.{s['module']}")
             module.main(module.parse_args(argv))
-        timings[s["name"]] = time.time() - t0
+        # the stage's own clock (its kept time across resumes) when it has one, else this process's wall time
+        done = json.loads((folder / DONE_FILE).read_text()) if (folder / DONE_FILE).exists() else {}
+        timings[s["name"]] = done.get("seconds", time.time() - t0)
         timings_file.write_text(json.dumps(timings, indent=2))
         print(f"[recipe] {s['name']}: done in {timings[s['name']]:.0f} s", flush=True)
     print(f"[recipe] all stages complete in {out} (stage seconds: {timings})")

@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import random
+import time
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,8 @@ from pipelines import EfficientUNet2DConditionModel, SnapFusionPipeline
 
 from .common import (
     StageError, add_common_args, make_accelerator, make_ema, make_lr_scheduler, make_optimizer,
-    mark_complete, maybe_resume, prepare_output, progress, run_cli, save_checkpoint, save_config, validate_common_args,
+    mark_complete, maybe_resume, prepare_output, progress, reuse_substage_time, run_cli, save_checkpoint, save_clock,
+    save_config, validate_common_args,
     write_rank_checksum,
 )  # fmt: skip
 from .common import optimizer_step
@@ -120,7 +122,9 @@ def train_vae(vae, args, accelerator, out):
         from diffusers import AutoencoderKL
 
         accelerator.print(f"VAE already trained: loading {done}")
+        reuse_substage_time(done)
         return AutoencoderKL.from_pretrained(done)
+    t0 = time.time()
     dataset = make_dataset(args.data, args.resolution, seed=args.seed + 1, image_column=args.image_column,
                            caption_column=args.caption_column)  # fmt: skip
     loader = make_dataloader(dataset, args.vae_batch_size or args.batch_size, args.num_workers)
@@ -150,6 +154,8 @@ def train_vae(vae, args, accelerator, out):
     if accelerator.is_main_process:
         vae.save_pretrained(done)
         (done / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (done / "seconds.json").write_text(json.dumps({"seconds": time.time() - t0}))
+        save_clock(out)
     accelerator.wait_for_everyone()
     return vae
 
@@ -172,7 +178,9 @@ def train_text_encoder(text_encoder, tokenizer, args, accelerator, out):
         from transformers import CLIPTextModel
 
         accelerator.print(f"text encoder already pre-trained: loading {done}")
+        reuse_substage_time(done)
         return CLIPTextModel.from_pretrained(done)
+    t0 = time.time()
 
     def make(n: int, seed: int):
         rng = np.random.default_rng(seed)
@@ -218,6 +226,8 @@ def train_text_encoder(text_encoder, tokenizer, args, accelerator, out):
     if accelerator.is_main_process:
         text_encoder.save_pretrained(done)
         (done / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (done / "seconds.json").write_text(json.dumps({"seconds": time.time() - t0}))
+        save_clock(out)
     accelerator.wait_for_everyone()
     return text_encoder
 
