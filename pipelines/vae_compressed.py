@@ -43,20 +43,25 @@ class CompressedVAEDecoder(ModelMixin, ConfigMixin):
         )
 
     @classmethod
-    def from_vae(cls, vae, width_ratio: float = 0.5) -> "CompressedVAEDecoder":
+    def from_vae(cls, vae, width_ratio: float = 0.5, norm_num_groups: int | None = None) -> "CompressedVAEDecoder":
         """Prune ``vae``'s decoder uniformly to ``width_ratio`` of its channels (the first channels of every
-        layer are kept, so residual sums stay aligned); the pruned weights initialise the new decoder."""
+        layer are kept, so residual sums stay aligned); the pruned weights initialise the new decoder.
+
+        ``norm_num_groups`` (default: the VAE's) sets the GroupNorm groups of the pruned decoder, so that widths
+        the VAE's group count does not divide (e.g. 0.75 of 16 channels with 8 groups) can be kept."""
         if not 0.0 < width_ratio <= 1.0:
             raise ValueError(f"width_ratio must be in (0, 1]; got {width_ratio}.")
         cfg = vae.config
-        groups = cfg.norm_num_groups
+        groups = cfg.norm_num_groups if norm_num_groups is None else int(norm_num_groups)
+        if groups < 1:
+            raise ValueError(f"norm_num_groups must be >= 1; got {norm_num_groups}.")
         widths = []
         for c in cfg.block_out_channels:
             w = int(round(c * width_ratio))
             if w < 1 or w % groups:
                 raise ValueError(
                     f"width_ratio {width_ratio} gives {w} channels from {c}, "
-                    f"not a multiple of norm_num_groups={groups}."
+                    f"not a multiple of norm_num_groups={groups}; pick another width_ratio or norm_num_groups."
                 )
             widths.append(w)
         new = cls(

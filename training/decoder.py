@@ -43,6 +43,8 @@ def parse_args(argv=None):
                         "(default: the teacher)")  # fmt: skip
     parser.add_argument("--prompts", required=True, help="text file, one prompt per line")
     parser.add_argument("--width-ratio", type=float, default=0.5, help="fraction of decoder channels kept")
+    parser.add_argument("--norm-groups", type=int, default=None, help="GroupNorm groups of the compressed decoder "
+                        "(default: the teacher VAE's; needed when they do not divide the kept widths)")  # fmt: skip
     parser.add_argument("--latents-from", choices=["teacher", "pipeline"], default="teacher",
                         help="which pipeline's text-to-image sampling makes the latents")  # fmt: skip
     parser.add_argument("--gen-steps", type=int, default=None, help="sampling steps per latent (default: the "
@@ -88,7 +90,10 @@ def main(args):
     device = accelerator.device
     teacher.to(device)
     vae = teacher.vae.requires_grad_(False).eval()
-    student = CompressedVAEDecoder.from_vae(vae, args.width_ratio)  # pruned init (first channels kept)
+    try:  # pruned init (first channels kept)
+        student = CompressedVAEDecoder.from_vae(vae, args.width_ratio, args.norm_groups)
+    except ValueError as e:
+        raise StageError(str(e)) from None
     student.train()
 
     # 2. latent pool (+ held-out latents) from text-to-image sampling, deterministic in --seed
