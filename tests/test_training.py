@@ -387,6 +387,18 @@ def test_model_card_decoder_report_measures_fresh_latents():
         decoder_report(teacher, teacher, num_latents=2, steps=1, repeats=1)
 
 
+def test_model_card_names_the_decoder_pruning():
+    from pipelines import CompressedVAEDecoder
+    from pipelines.tiny import tiny_pipeline
+    from training.model_card import decoder_phrase
+
+    pipe = tiny_pipeline(0, compressed_decoder=True)
+    assert decoder_phrase(pipe) == "50%-pruned VAE decoder (50% of its channels kept)"
+    pipe.vae_decoder = CompressedVAEDecoder.from_vae(pipe.vae, 0.75, norm_num_groups=2)
+    assert decoder_phrase(pipe) == "25%-pruned VAE decoder (75% of its channels kept)"
+    assert decoder_phrase(tiny_pipeline(0)) == "the full VAE decoder"
+
+
 def test_vae_finetune_trains_only_the_decoder(saved_teacher, tmp_path):
     from safetensors.torch import load_file
 

@@ -58,7 +58,7 @@ def decoder_report(student, teacher, num_latents: int = 64, steps: int = 20, gui
                    repeats: int = 10) -> dict:  # fmt: skip
     """The compressed decoder (``student.vae_decoder``) against the teacher's full VAE decoder, on fresh latents.
 
-    Latents: the teacher's (what the decoder was distilled on) and the student's own (what the app decodes), for
+    Latents: the teacher's (the paper's distillation source) and the student's own (what the app decodes), for
     held-out toy-world captions with noise seeds the decoder stage never used. PSNR of the decoded images (range
     [0, 1]) and decoder latency per latent (batch 1, interleaved, median of ``repeats`` after a warm-up).
     """
@@ -92,6 +92,19 @@ def decoder_report(student, teacher, num_latents: int = 64, steps: int = 20, gui
             "repeats": repeats}  # fmt: skip
 
 
+def decoder_phrase(pipe) -> str:
+    """'50%-pruned VAE decoder' style wording from the kept widths (compressed vs the pipeline's full VAE)."""
+    if pipe.vae_decoder is None:
+        return "the full VAE decoder"
+    if pipe.vae is None:
+        return "a compressed VAE decoder"
+    kept = [a / b for a, b in zip(pipe.vae_decoder.config.block_out_channels, pipe.vae.config.block_out_channels)]
+    if len(set(kept)) == 1:
+        return f"{round(100 * (1 - kept[0]))}%-pruned VAE decoder ({round(100 * kept[0])}% of its channels kept)"
+    widths = ", ".join(map(str, pipe.vae_decoder.config.block_out_channels))
+    return f"channel-pruned VAE decoder (widths {widths})"
+
+
 def main(args):
     out = Path(args.model) / "README.md"
     if out.exists() and not args.overwrite:
@@ -115,8 +128,8 @@ def main(args):
          "text encoder and tokenizer), trained from scratch by this repo on the procedural toy world "
          "(64x64 coloured shapes)." if args.role == "teacher" else
          "The **SnapFusion student** of the mini teacher: evolved efficient UNet (latency-driven architecture "
-         "search on this CPU), v-prediction, step-distilled with the CFG-aware loss, 50%-pruned VAE decoder "
-         "trained by data distillation."),
+         "search on this CPU), v-prediction, step-distilled with the CFG-aware loss, "
+         f"{decoder_phrase(pipe)} trained by data distillation."),
         "",
         f"- Sampling: {pipe.scheduler.__class__.__name__} ({pipe.scheduler.config.prediction_type}, "
         f"'{pipe.scheduler.config.timestep_spacing}' spacing), recommended {steps} steps at guidance {guidance}.",
@@ -147,8 +160,9 @@ def main(args):
             f"Against the teacher's full VAE decoder, on {d['num_latents']} fresh latents (held-out captions, noise "
             "seeds no training stage used): decoded-image PSNR "
             f"{d['psnr_db']['teacher_latents']:.2f} dB on the teacher's latents ({d['steps']} steps, guidance "
-            f"{d['guidance']:g}: what the decoder was distilled on) and {d['psnr_db']['student_latents']:.2f} dB on "
-            f"this student's own latents. Decoder time per latent (batch 1, interleaved, median of {d['repeats']}): "
+            f"{d['guidance']:g}) and {d['psnr_db']['student_latents']:.2f} dB on this student's own latents "
+            f"(guidance {d['guidance']:g}: what the app decodes). Decoder time per latent (batch 1, interleaved, "
+            f"median of {d['repeats']}): "
             f"{d['full_ms']:.2f} ms full ({d['params_full']:,} params) vs {d['compressed_ms']:.2f} ms compressed "
             f"({d['params_compressed']:,} params): {d['speedup']:.2f}x faster, on {host_description()}.",
             "",
