@@ -106,7 +106,8 @@ def quick_run(bundle, tmp_path_factory):
         str(bundle / "evolved" / "config.json"),
     ]
     env = dict(os.environ, PYTHONPATH=ROOT, HF_HUB_OFFLINE="1")
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    # run outside the checkout, so that a developer's own exports (out/coreml, a default export folder) stay out
+    proc = subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
 
@@ -224,6 +225,7 @@ def test_existing_outputs_are_not_overwritten(tmp_path, capsys):
 
 
 def test_missing_bundle_and_exports_are_skipped_with_a_note(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no out/coreml here, whatever the checkout holds
     export_sizes.main(["--out-dir", str(tmp_path), "--bundle", str(tmp_path / "none")])
     data = json.loads((tmp_path / "benchmarks" / "export_sizes.json").read_text())
     assert data["skipped"] is True and "no export folder" in data["reason"]
