@@ -2,13 +2,14 @@
 
 from .pipeline_snapfusion import SnapFusionPipeline, SnapFusionPipelineOutput, format_timings
 from .unet_efficient import BlockId, EfficientUNet2DConditionModel, EfficientUNet2DConditionOutput
-from .vae_compressed import CompressedVAEDecoder
+from .vae_compressed import CompressedVAEDecoder, PixelShuffleVAEDecoder
 
 __all__ = [
     "BlockId",
     "CompressedVAEDecoder",
     "EfficientUNet2DConditionModel",
     "EfficientUNet2DConditionOutput",
+    "PixelShuffleVAEDecoder",
     "SnapFusionPipeline",
     "SnapFusionPipelineOutput",
     "format_timings",

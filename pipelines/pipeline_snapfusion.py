@@ -93,8 +93,10 @@ class SnapFusionPipeline(DiffusionPipeline):
             default_guidance_scale=default_guidance_scale,
             requires_safety_checker=requires_safety_checker,
         )
-        decoder_cfg = (vae_decoder or vae).config
-        self.vae_scale_factor = 2 ** (len(decoder_cfg.block_out_channels) - 1)
+        decoder = vae_decoder if vae_decoder is not None else vae
+        self.vae_scale_factor = getattr(decoder, "vae_scale_factor", None) or 2 ** (
+            len(decoder.config.block_out_channels) - 1
+        )  # AutoencoderKL has no such property
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self._warned_truncation = False
         self._interrupt = False

@@ -12,7 +12,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from .pipeline_snapfusion import SnapFusionPipeline
 from .tokenizer import build_clip_tokenizer
 from .unet_efficient import EfficientUNet2DConditionModel
-from .vae_compressed import CompressedVAEDecoder
+from .vae_compressed import CompressedVAEDecoder, PixelShuffleVAEDecoder
 
 TINY_WORDS = "a an the photo of red green blue small big circle square triangle on left right above below".split()
 
@@ -68,9 +68,12 @@ def tiny_scheduler(prediction_type: str = "epsilon", timestep_spacing: str = "tr
     )  # fmt: skip
 
 
-def tiny_components(seed: int = 0, unet: str = "efficient", compressed_decoder: bool = False,
+def tiny_components(seed: int = 0, unet: str = "efficient", compressed_decoder: bool | str = False,
                     prediction_type: str = "epsilon") -> dict:  # fmt: skip
-    """Components for ``SnapFusionPipeline(**components)``: 32x32 images, 8x8 latents."""
+    """Components for ``SnapFusionPipeline(**components)``: 32x32 images, 16x16 latents.
+
+    ``compressed_decoder``: False (the VAE decodes), True or "pruned" (``CompressedVAEDecoder`` at 50% width) or
+    "pixel_shuffle" (a fresh two-stage ``PixelShuffleVAEDecoder``)."""
     tokenizer = tiny_tokenizer()
     text_encoder = tiny_text_encoder(len(tokenizer.get_vocab()), seed)
     vae = tiny_vae(seed)
@@ -80,7 +83,15 @@ def tiny_components(seed: int = 0, unet: str = "efficient", compressed_decoder: 
         net = tiny_stock_unet(seed, sample_size=16)
     else:
         raise ValueError(f"unet must be 'efficient' or 'stock'; got {unet!r}.")
-    vae_decoder = CompressedVAEDecoder.from_vae(vae, 0.5) if compressed_decoder else None
+    if compressed_decoder not in (False, True, "pruned", "pixel_shuffle"):
+        raise ValueError(f"compressed_decoder must be False, True, 'pruned' or 'pixel_shuffle'; got {compressed_decoder!r}.")
+    vae_decoder = None
+    if compressed_decoder == "pixel_shuffle":
+        torch.manual_seed(seed)
+        vae_decoder = PixelShuffleVAEDecoder(block_out_channels=(16, 8), layers_per_block=1, upscale_factor=2,
+                                             norm_num_groups=4, scaling_factor=vae.config.scaling_factor).eval()  # fmt: skip
+    elif compressed_decoder:
+        vae_decoder = CompressedVAEDecoder.from_vae(vae, 0.5)
     return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=net,
                 scheduler=tiny_scheduler(prediction_type), vae_decoder=vae_decoder)  # fmt: skip
 

@@ -1,13 +1,16 @@
-"""The compressed VAE decoder (paper Sec. 5): SD's decoder with a fraction of its channels kept."""
+"""Compressed VAE decoders: SD's decoder with a fraction of its channels kept (paper Sec. 5), and a decoder with far
+fewer layers for small images, where per-layer cost, not width, sets the time."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import Decoder, DecoderOutput
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.resnet import ResnetBlock2D
 
 
 class CompressedVAEDecoder(ModelMixin, ConfigMixin):
@@ -83,10 +86,97 @@ class CompressedVAEDecoder(ModelMixin, ConfigMixin):
             new = new.to(device=vae.device, dtype=vae.dtype)
         return new
 
+    @property
+    def vae_scale_factor(self) -> int:
+        """Image size / latent size."""
+        return 2 ** (len(self.config.block_out_channels) - 1)
+
     def decode(self, z: torch.Tensor, return_dict: bool = True, generator=None):
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
         dec = self.decoder(z)
+        if not return_dict:
+            return (dec,)
+        return DecoderOutput(sample=dec)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decode(z).sample
+
+
+class PixelShuffleVAEDecoder(ModelMixin, ConfigMixin):
+    """A structurally compressed decoder: ResNet blocks at low resolution, pixel-shuffle (depth-to-space)
+    upsampling, and no attention. Trained from scratch by data distillation against a VAE decoder.
+
+    At small image sizes SD's decoder is bound by per-layer cost, not by its channel widths, so channel pruning
+    (``CompressedVAEDecoder``) buys little time; this decoder runs far fewer layers, and most of them at the
+    latent resolution. Stage ``i`` runs ``layers_per_block[i]`` ResNet blocks with ``block_out_channels[i]``
+    channels at ``2**i`` times the latent resolution (stage 0 at the latent resolution). Between stages a 3x3 conv
+    and a 2x pixel shuffle upsample; a final 3x3 conv and pixel shuffle by ``upscale_factor / 2**(stages - 1)``
+    give the image. ``decode(latents)`` matches ``AutoencoderKL.decode`` (latents already divided by
+    ``scaling_factor``).
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        latent_channels: int = 4,
+        out_channels: int = 3,
+        block_out_channels: tuple[int, ...] = (64,),
+        layers_per_block: int | tuple[int, ...] = 2,
+        upscale_factor: int = 8,
+        norm_num_groups: int = 8,
+        scaling_factor: float = 0.18215,
+    ):
+        super().__init__()
+        channels = tuple(int(c) for c in block_out_channels)
+        if not channels:
+            raise ValueError("block_out_channels needs at least one stage; got an empty list.")
+        layers = (layers_per_block,) * len(channels) if isinstance(layers_per_block, int) else tuple(layers_per_block)
+        if len(layers) != len(channels) or any(n < 0 for n in layers):
+            raise ValueError(
+                f"layers_per_block must be an int >= 0 or one int >= 0 per stage ({len(channels)}); got "
+                f"{layers_per_block!r}."
+            )
+        bad = [c for c in channels if c < 1 or c % norm_num_groups]
+        if bad:
+            raise ValueError(f"block_out_channels {list(channels)} must be multiples of norm_num_groups="
+                             f"{norm_num_groups}; {bad} are not.")  # fmt: skip
+        last = upscale_factor // 2 ** (len(channels) - 1)
+        if upscale_factor < 1 or upscale_factor & (upscale_factor - 1) or last < 1:
+            raise ValueError(
+                f"upscale_factor must be a power of 2 >= 2**(stages - 1) = {2 ** (len(channels) - 1)}; "
+                f"got {upscale_factor}."
+            )
+        self.conv_in = nn.Conv2d(latent_channels, channels[0], 3, padding=1)
+        self.upsamplers = nn.ModuleList(
+            nn.Conv2d(channels[i], 4 * channels[i + 1], 3, padding=1) for i in range(len(channels) - 1)
+        )  # conv to 4x the next stage's channels, then a 2x pixel shuffle
+        self.stages = nn.ModuleList(
+            nn.ModuleList(
+                ResnetBlock2D(in_channels=c, out_channels=c, temb_channels=None, groups=norm_num_groups, eps=1e-6)
+                for _ in range(n)
+            )
+            for c, n in zip(channels, layers)
+        )
+        self.norm_out = nn.GroupNorm(norm_num_groups, channels[-1], eps=1e-6)
+        self.conv_out = nn.Conv2d(channels[-1], out_channels * last * last, 3, padding=1)
+        self.last_shuffle = last
+        self.stage_layers = layers  # ResNet blocks per stage
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Image size / latent size."""
+        return self.config.upscale_factor
+
+    def decode(self, z: torch.Tensor, return_dict: bool = True, generator=None):
+        h = self.conv_in(z)  # (B, C0, h, w)
+        for i, blocks in enumerate(self.stages):
+            if i:
+                h = F.pixel_shuffle(self.upsamplers[i - 1](h), 2)  # (B, Ci, 2**i h, 2**i w)
+            for block in blocks:
+                h = block(h, None)
+        h = self.conv_out(F.silu(self.norm_out(h)))
+        dec = F.pixel_shuffle(h, self.last_shuffle)  # (B, 3, H, W)
         if not return_dict:
             return (dec,)
         return DecoderOutput(sample=dec)

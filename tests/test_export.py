@@ -166,6 +166,18 @@ def test_numeric_check_ran_and_passed(efficient_export, stock_export):
     assert all(v["exported_graph"]["passed"] for v in summary.values())
 
 
+def test_pixel_shuffle_decoder_exports(tmp_path, fast_timing):
+    pipe = tiny_pipeline(0, compressed_decoder="pixel_shuffle")
+    report = export_pipeline(pipe, tmp_path / "coreml", components="vae_decoder", precision="fp32")
+    r = report.components["vae_decoder"]
+    assert r.check["exported_graph"]["passed"] and r.check["exported_graph"]["psnr_db"] >= convert.MIN_PSNR_DB
+    assert any("PixelShuffleVAEDecoder" in n for n in r.notes)
+    spec = _spec(tmp_path / "coreml" / "VAEDecoder.mlpackage")
+    assert _io(spec.description.input) == {"z": (1, 4, LAT, LAT)} and _io(spec.description.output) == {
+        "image": (1, 3, IMG, IMG)}  # fmt: skip
+    assert "pixel_shuffle" in _op_types(spec) or "depth_to_space" in _op_types(spec)
+
+
 def test_six_bit_export_is_smaller_than_fp16(efficient_export, stock_export):
     unet = efficient_export.report.components["unet"]
     assert unet.size_mb_before_quantization is not None

@@ -190,3 +190,56 @@ def test_cli_generate(tmp_path):
         args = ["generate", "--model", str(model), "--prompt", "x", "--out", str(tmp_path / "b.png"), *bad]
         r = _cli(*args)
         assert r.returncode == 2 and match in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+# ------------------------------------------------------------------ pixel-shuffle decoder
+
+
+@pytest.mark.parametrize("channels, layers, factor", [((16,), 2, 8), ((16, 8), (2, 1), 8), ((16, 8, 8), (1, 0, 1), 4)])
+def test_pixel_shuffle_decoder_shapes(channels, layers, factor):
+    from pipelines import PixelShuffleVAEDecoder
+
+    torch.manual_seed(0)
+    dec = PixelShuffleVAEDecoder(block_out_channels=channels, layers_per_block=layers, upscale_factor=factor,
+                                 norm_num_groups=4).eval()  # fmt: skip
+    z = torch.randn(2, 4, 6, 5)
+    out = dec(z)
+    assert out.shape == (2, 3, 6 * factor, 5 * factor) and dec.vae_scale_factor == factor
+    assert torch.equal(out, dec.decode(z, return_dict=False)[0])
+    expected = (layers,) * len(channels) if isinstance(layers, int) else layers
+    assert dec.stage_layers == expected
+    assert sum(len(s) for s in dec.stages) == sum(expected)
+    # samples are decoded independently: changing one latent changes only its own image
+    z2 = z.clone()
+    z2[0, :, 0, 0] += 1.0
+    diff = (dec(z2) - out).abs()
+    assert diff[0].max() > 1e-4 and torch.allclose(dec(z2)[1], out[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(block_out_channels=()), "at least one stage"),
+    (dict(block_out_channels=(16, 6)), r"multiples of norm_num_groups=4; \[6\]"),
+    (dict(block_out_channels=(16, 8), layers_per_block=(1,)), "one int >= 0 per stage"),
+    (dict(layers_per_block=-1), "int >= 0"),
+    (dict(upscale_factor=6), "power of 2"),
+    (dict(block_out_channels=(8, 8, 8, 8), upscale_factor=4), r"2\*\*\(stages - 1\) = 8"),
+])  # fmt: skip
+def test_pixel_shuffle_decoder_bad_config(kwargs, match):
+    from pipelines import PixelShuffleVAEDecoder
+
+    kwargs = {"block_out_channels": (16,), "norm_num_groups": 4, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        PixelShuffleVAEDecoder(**kwargs)
+
+
+def test_pixel_shuffle_decoder_pipeline_round_trip(tmp_path):
+    pipe = tiny_pipeline(0, compressed_decoder="pixel_shuffle")
+    full = tiny_pipeline(0)
+    a = _run(pipe).images
+    assert a.shape == _run(full).images.shape and np.abs(a - _run(full).images).max() > 1e-3  # the new decoder ran
+    pipe.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["vae_decoder"] == ["pipelines.vae_compressed", "PixelShuffleVAEDecoder"]
+    loaded = load_pipeline(str(tmp_path))
+    assert type(loaded.vae_decoder).__name__ == "PixelShuffleVAEDecoder" and loaded.vae_scale_factor == 2
+    assert np.array_equal(a, _run(loaded).images)

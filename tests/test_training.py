@@ -268,6 +268,41 @@ def test_evolve_latency_target_errors(saved_teacher, tmp_path):
     assert not (tmp_path / "e").exists()
 
 
+def test_decoder_stage_pixel_shuffle(saved_teacher, tmp_path):
+    from pipelines import PixelShuffleVAEDecoder
+    from training.models import load_stage_pipeline
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\na blue square\n")
+    out = tmp_path / "ps"
+    common = ["--teacher", str(saved_teacher), "--prompts", str(prompts), "--architecture", "pixel_shuffle",
+              "--norm-groups", "4", "--gen-steps", "1", "--pool-size", "4", "--heldout", "2", "--batch-size", "2",
+              "--log-with", "none"]  # fmt: skip
+    r = _run("training.decoder", *common, "--channels", "16,8", "--layers", "1", "--max-steps", "3",
+             "--output", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    pipe = load_stage_pipeline(str(out))
+    dec = pipe.vae_decoder
+    assert isinstance(dec, PixelShuffleVAEDecoder) and dec.config.block_out_channels == [16, 8]
+    assert dec.stage_layers == (1, 1) and dec.vae_scale_factor == pipe.vae_scale_factor == 2
+    done = json.loads((out / "stage_complete.json").read_text())
+    assert done["steps"] == 3 and np.isfinite(done["psnr_db_heldout"])
+    image = pipe("a red circle", num_inference_steps=1, output_type="np").images
+    assert image.shape == (1, 32, 32, 3)
+    # decoding the pool once (--cache-targets) trains the same decoder as decoding every step
+    r = _run("training.decoder", *common, "--channels", "16,8", "--layers", "1", "--max-steps", "3", "--cache-targets",
+             "--output", str(tmp_path / "cached"))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    cached = load_stage_pipeline(str(tmp_path / "cached")).vae_decoder.state_dict()
+    assert all(torch.allclose(v, cached[k], atol=1e-5) for k, v in dec.state_dict().items())
+    for bad, msg in ((["--channels", "16,x"], "--channels must be an integer"),
+                     (["--channels", "16,8", "--layers", "1,1,1"], "one per stage of --channels (2)"),
+                     (["--channels", "16,6"], "multiples of norm_num_groups=4")):  # fmt: skip
+        r = _run("training.decoder", *common, *bad, "--max-steps", "1", "--output", str(tmp_path / "bad"))
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "bad").exists()
+
+
 def test_stage_cli_bad_input_exit_code(saved_teacher, tmp_path):
     r = _run("training.train_teacher", "--pretrained", str(saved_teacher), "--data", f"folder:{tmp_path / 'none'}",
              "--output", str(tmp_path / "o"), "--max-steps", "1", "--log-with", "none")  # fmt: skip
@@ -397,6 +432,47 @@ def test_model_card_names_the_decoder_pruning():
     pipe.vae_decoder = CompressedVAEDecoder.from_vae(pipe.vae, 0.75, norm_num_groups=2)
     assert decoder_phrase(pipe) == "25%-pruned VAE decoder (75% of its channels kept)"
     assert decoder_phrase(tiny_pipeline(0)) == "the full VAE decoder"
+    ps = decoder_phrase(tiny_pipeline(0, compressed_decoder="pixel_shuffle"))
+    assert ps == ("pixel-shuffle VAE decoder (2 stage(s) from the latent resolution up: 16 ch x 1 ResNet, "
+                  "8 ch x 1 ResNet; no attention; trained from scratch)")  # fmt: skip
+
+
+def test_ship_bundle_one_model(tmp_path):
+    from safetensors.torch import load_file
+
+    recipe, out = tmp_path / "recipe", tmp_path / "bundle"
+    for stage in ("teacher", "student"):
+        tiny_pipeline(0, compressed_decoder=stage == "student").save_pretrained(recipe / stage)
+        (recipe / stage / "stage_complete.json").write_text(json.dumps({"stage": stage}))
+    (out / "teacher").mkdir(parents=True)
+    (out / "teacher" / "keep.txt").write_text("shipped earlier")
+    r = _run("training.ship_bundle", "--recipe", str(recipe), "--out", str(out), "--models", "student",
+             "--student-guidance", "3", "--seeds", "1")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (out / "teacher" / "keep.txt").read_text() == "shipped earlier"  # the other model is left alone
+    weights = load_file(out / "student" / "vae_decoder" / "diffusion_pytorch_model.safetensors")
+    assert all(v.dtype == torch.float16 for v in weights.values())
+    assert json.loads((out / "student" / "model_index.json").read_text())["default_guidance_scale"] == 3.0
+    assert (out / "samples_student.png").exists() and not (out / "samples_teacher.png").exists()
+    r = _run("training.ship_bundle", "--recipe", str(recipe), "--out", str(out), "--models", "student")
+    assert r.returncode == 2 and "exists; pass --overwrite" in r.stderr
+    r = _run("training.ship_bundle", "--recipe", str(recipe), "--out", str(out), "--models", "decoder")
+    assert r.returncode == 2 and "--models must name teacher and/or student" in r.stderr
+
+
+def test_model_card_quotes_stages_missing_from_the_recipe():
+    from training.model_card import card_stage_lines
+
+    card = "\n".join([
+        "## Training", "", "Reproduce: `x`.", "",
+        "- **teacher** (`training.train_teacher`, 10 s on this CPU): lr=1",
+        "  - text encoder pre-trained on toy captions, then frozen: 1.0000",
+        "- **student** (`training.decoder`, 5 s on this CPU): lr=2",
+        "", "## Next",
+    ])  # fmt: skip
+    stages = card_stage_lines(card)
+    assert list(stages) == ["teacher", "student"]
+    assert stages["teacher"][1].startswith("  - text encoder") and len(stages["student"]) == 1
 
 
 def test_vae_finetune_trains_only_the_decoder(saved_teacher, tmp_path):

@@ -1,5 +1,10 @@
 """Stage 5: compress the VAE decoder by channel pruning + data distillation (paper Sec. 5).
 
+``--architecture pruned`` (the paper's) keeps ``--width-ratio`` of every layer's channels and starts from the
+original decoder's weights. ``--architecture pixel_shuffle`` trains a decoder with far fewer layers from scratch
+(``PixelShuffleVAEDecoder``: ``--channels`` and ``--layers`` per stage, from the latent resolution up): for small
+images, where per-layer cost and not width sets the decoder's time.
+
 Prompts -> text-to-image latents; decode each latent with the original and the pruned decoder; loss = MSE between
 the two decoded images. Only the decoder is trained and no images are needed. Latents are generated once into a pool
 of ``--pool-size`` (fresh noise per prompt, a guidance scale drawn from ``--gen-guidance`` per batch), plus
@@ -21,7 +26,7 @@ import random
 import torch
 import torch.nn.functional as F
 
-from pipelines import CompressedVAEDecoder, SnapFusionPipeline
+from pipelines import CompressedVAEDecoder, PixelShuffleVAEDecoder, SnapFusionPipeline
 
 from .common import (
     StageError, add_common_args, make_accelerator, make_lr_scheduler, make_optimizer, mark_complete, maybe_resume,
@@ -42,9 +47,15 @@ def parse_args(argv=None):
     parser.add_argument("--pipeline", default=None, help="pipeline that receives the compressed decoder "
                         "(default: the teacher)")  # fmt: skip
     parser.add_argument("--prompts", required=True, help="text file, one prompt per line")
-    parser.add_argument("--width-ratio", type=float, default=0.5, help="fraction of decoder channels kept")
+    parser.add_argument("--architecture", choices=["pruned", "pixel_shuffle"], default="pruned",
+                        help="pruned: the original decoder with --width-ratio of its channels (paper); pixel_shuffle: "
+                        "PixelShuffleVAEDecoder with --channels and --layers, trained from scratch")  # fmt: skip
+    parser.add_argument("--width-ratio", type=float, default=0.5, help="pruned: fraction of decoder channels kept")
+    parser.add_argument("--channels", default="64,16", help="pixel_shuffle: channels per stage, from the latent "
+                        "resolution up, each stage at twice the previous one's resolution")  # fmt: skip
+    parser.add_argument("--layers", default="2,1", help="pixel_shuffle: ResNet blocks per stage (one number for all)")
     parser.add_argument("--norm-groups", type=int, default=None, help="GroupNorm groups of the compressed decoder "
-                        "(default: the teacher VAE's; needed when they do not divide the kept widths)")  # fmt: skip
+                        "(default: the teacher VAE's; pruned: needed when they do not divide the kept widths)")  # fmt: skip
     parser.add_argument("--latents-from", choices=["teacher", "pipeline"], default="teacher",
                         help="which pipeline's text-to-image sampling makes the latents")  # fmt: skip
     parser.add_argument("--gen-steps", type=int, default=None, help="sampling steps per latent (default: the "
@@ -53,6 +64,8 @@ def parse_args(argv=None):
                         "from per batch, e.g. 1.5,2.5,5,8")  # fmt: skip
     parser.add_argument("--pool-size", type=int, default=512, help="latents generated before training")
     parser.add_argument("--heldout", type=int, default=64, help="extra latents, never trained on, for the PSNR")
+    parser.add_argument("--cache-targets", action="store_true", help="decode the pool with the original decoder "
+                        "once, before training, instead of every step (memory: pool x 3 x H x W floats)")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -66,6 +79,46 @@ def parse_guidance_list(text) -> list[float]:
     return values
 
 
+def parse_int_list(text, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise StageError(f"{flag} must be an integer or comma-separated integers; got {text!r}.") from None
+    if not values:
+        raise StageError(f"{flag} needs at least one integer; got {text!r}.")
+    return values
+
+
+def pixel_shuffle_layout(args) -> tuple[list[int], list[int]]:
+    """--channels and --layers as per-stage lists (one --layers number applies to every stage)."""
+    channels = parse_int_list(args.channels, "--channels")
+    layers = parse_int_list(args.layers, "--layers")
+    if len(layers) == 1:
+        layers = layers * len(channels)
+    if len(layers) != len(channels):
+        raise StageError(f"--layers needs one number or one per stage of --channels ({len(channels)}); "
+                         f"got {args.layers!r}.")  # fmt: skip
+    return channels, layers
+
+
+def make_student_decoder(vae, args):
+    """The decoder to distill: pruned from ``vae`` (its weights as the start) or a fresh pixel-shuffle decoder."""
+    try:
+        if args.architecture == "pruned":
+            return CompressedVAEDecoder.from_vae(vae, args.width_ratio, args.norm_groups)
+        channels, layers = pixel_shuffle_layout(args)
+        torch.manual_seed(args.seed)
+        return PixelShuffleVAEDecoder(
+            latent_channels=vae.config.latent_channels, out_channels=vae.config.out_channels,
+            block_out_channels=tuple(channels), layers_per_block=tuple(layers),
+            upscale_factor=2 ** (len(vae.config.block_out_channels) - 1),
+            norm_num_groups=vae.config.norm_num_groups if args.norm_groups is None else args.norm_groups,
+            scaling_factor=vae.config.scaling_factor,
+        )  # fmt: skip
+    except ValueError as e:
+        raise StageError(str(e)) from None
+
+
 def main(args):
     validate_common_args(args)
     if args.pool_size < args.batch_size:
@@ -75,6 +128,8 @@ def main(args):
     if args.heldout < 1:
         raise StageError(f"--heldout must be >= 1; got {args.heldout}.")
     guidances = parse_guidance_list(args.gen_guidance)
+    if args.architecture == "pixel_shuffle":
+        pixel_shuffle_layout(args)
     prompts = read_prompts(args.prompts)
 
     # 1. teacher (latents + target decoder) and the pipeline to extend
@@ -84,17 +139,13 @@ def main(args):
         raise StageError(f"teacher {args.teacher} has no full VAE decoder to distill from.")
     if target.unet.config.in_channels != teacher.vae.config.latent_channels:
         raise StageError("the pipeline's latent channels differ from the teacher VAE's.")
+    vae = teacher.vae.requires_grad_(False).eval()
+    student = make_student_decoder(vae, args).train()
     out = prepare_output(args)
     accelerator = make_accelerator(args, STAGE)
     save_config(args, out, STAGE)
     device = accelerator.device
     teacher.to(device)
-    vae = teacher.vae.requires_grad_(False).eval()
-    try:  # pruned init (first channels kept)
-        student = CompressedVAEDecoder.from_vae(vae, args.width_ratio, args.norm_groups)
-    except ValueError as e:
-        raise StageError(str(e)) from None
-    student.train()
 
     # 2. latent pool (+ held-out latents) from text-to-image sampling, deterministic in --seed
     source = teacher if args.latents_from == "teacher" else target
@@ -114,7 +165,13 @@ def main(args):
     pool = torch.cat(pool)  # (P, 4, h, w), scaled latents
     pool, heldout = pool[: args.pool_size], pool[args.pool_size : args.pool_size + args.heldout]
 
-    # 3. train the pruned decoder to reproduce the original decoder's images
+    targets = None
+    if args.cache_targets:  # the original decoder's images of the whole pool, decoded once
+        with torch.no_grad():
+            targets = torch.cat([vae.decode(pool[i : i + args.batch_size].to(device) / vae.config.scaling_factor)
+                                 .sample.cpu() for i in range(0, len(pool), args.batch_size)])  # fmt: skip
+
+    # 3. train the compressed decoder to reproduce the original decoder's images
     optimizer = make_optimizer(student.parameters(), args)
     lr_scheduler = make_lr_scheduler(optimizer, args)
     student, optimizer, lr_scheduler = accelerator.prepare(student, optimizer, lr_scheduler)
@@ -125,8 +182,11 @@ def main(args):
     while step < args.max_steps:
         idx = torch.randint(0, len(pool), (args.batch_size,), generator=g)
         z = pool[idx].to(device) / vae.config.scaling_factor
-        with torch.no_grad():
-            ref = vae.decode(z).sample  # (B, 3, H, W)
+        if targets is not None:
+            ref = targets[idx].to(device)  # (B, 3, H, W)
+        else:
+            with torch.no_grad():
+                ref = vae.decode(z).sample  # (B, 3, H, W)
         with accelerator.accumulate(student):
             pred = student(z)  # (B, 3, H, W)
             loss = F.mse_loss(pred.float(), ref.float())

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
-from pipelines import EfficientUNet2DConditionModel
+from pipelines import EfficientUNet2DConditionModel, PixelShuffleVAEDecoder
 from pipelines.latency import host_description
 from pipelines.profiling import count_params
 
@@ -36,8 +37,26 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="timed generations for seconds per image")
     p.add_argument("--teacher", default=None, help="student role: the teacher folder, to measure the compressed "
                    "decoder against its full decoder on fresh latents")  # fmt: skip
+    p.add_argument("--quote-missing", action="store_true", help="for a --stages entry whose folder is not in "
+                   "--recipe (a model re-shipped with one stage retrained), quote that stage's line from the card "
+                   "being replaced, marked as quoted")  # fmt: skip
     p.add_argument("--overwrite", action="store_true")
     return p.parse_args(argv)
+
+
+def card_stage_lines(card: str) -> dict[str, list[str]]:
+    """The Training section's stage bullets of a card (with their indented sub-lines), by stage name."""
+    stages, current = {}, None
+    for line in card.splitlines():
+        m = re.match(r"- \*\*([\w.-]+)\*\* ", line)
+        if m:
+            current = m.group(1)
+            stages[current] = [line]
+        elif current and line.startswith("  "):
+            stages[current].append(line)
+        else:
+            current = None
+    return stages
 
 
 def seconds_per_image(pipe, repeats: int) -> dict:
@@ -93,9 +112,15 @@ def decoder_report(student, teacher, num_latents: int = 64, steps: int = 20, gui
 
 
 def decoder_phrase(pipe) -> str:
-    """'50%-pruned VAE decoder' style wording from the kept widths (compressed vs the pipeline's full VAE)."""
+    """'50%-pruned VAE decoder' style wording from the kept widths (compressed vs the pipeline's full VAE), or the
+    pixel-shuffle decoder's stages."""
     if pipe.vae_decoder is None:
         return "the full VAE decoder"
+    cfg = pipe.vae_decoder.config
+    if isinstance(pipe.vae_decoder, PixelShuffleVAEDecoder):
+        stages = ", ".join(f"{c} ch x {n} ResNet" for c, n in zip(cfg.block_out_channels, pipe.vae_decoder.stage_layers))
+        return (f"pixel-shuffle VAE decoder ({len(cfg.block_out_channels)} stage(s) from the latent resolution up: "
+                f"{stages}; no attention; trained from scratch)")  # fmt: skip
     if pipe.vae is None:
         return "a compressed VAE decoder"
     kept = [a / b for a, b in zip(pipe.vae_decoder.config.block_out_channels, pipe.vae.config.block_out_channels)]
@@ -109,6 +134,7 @@ def main(args):
     out = Path(args.model) / "README.md"
     if out.exists() and not args.overwrite:
         raise StageError(f"{out} exists; pass --overwrite to replace it.")
+    previous = card_stage_lines(out.read_text()) if args.quote_missing and out.exists() else {}
     pipe = load_stage_pipeline(args.model, "--model")
     unet = pipe.unet
     if not isinstance(unet, EfficientUNet2DConditionModel):
@@ -190,6 +216,12 @@ def main(args):
         for stage in [s for s in args.stages.split(",") if s]:
             cfg_file = recipe / stage / "training_config.json"
             if not cfg_file.exists():
+                if stage in previous:
+                    quoted = previous[stage]
+                    if "(quoted from the previous card" not in quoted[0]:
+                        quoted = [quoted[0] + f" (quoted from the previous card: no {stage}/ in {args.recipe})",
+                                  *quoted[1:]]  # fmt: skip
+                    lines += quoted
                 continue
             cfg = json.loads(cfg_file.read_text())
             hidden = ("output", "overwrite", "resume")

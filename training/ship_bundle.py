@@ -1,6 +1,7 @@
 """Copy a recipe's teacher and student into the shipped bundle folder as fp16 safetensors, plus sample grids.
 
     python -m training.ship_bundle --recipe runs/mini --out bundle [--student-guidance 4] [--overwrite]
+    python -m training.ship_bundle --recipe runs/v3 --models student --out bundle --overwrite  # re-ship one model
 
 The grids use the same prompts and seeds for both models (``bundle/samples_<name>.png``).
 """
@@ -37,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--student-stage", default="student")
     p.add_argument("--teacher-guidance", type=float, default=None, help="recommended CFG to record (from evaluate)")
     p.add_argument("--student-guidance", type=float, default=None, help="recommended CFG to record (from evaluate)")
+    p.add_argument("--models", default="teacher,student", help="which models to ship (comma-separated); the "
+                   "others in --out are left as they are")  # fmt: skip
     p.add_argument("--seeds", type=int, default=2, help="grid rows (seeds 0..N-1)")
     p.add_argument("--overwrite", action="store_true")
     return p.parse_args(argv)
@@ -58,8 +61,13 @@ def sample_grid(pipe, prompts, seeds: int) -> PIL.Image.Image:
 
 def main(args):
     recipe, out = Path(args.recipe), Path(args.out)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models or set(models) - {"teacher", "student"}:
+        raise StageError(f"--models must name teacher and/or student; got {args.models!r}.")
     for name, stage, guidance in (("teacher", args.teacher_stage, args.teacher_guidance),
                                   ("student", args.student_stage, args.student_guidance)):  # fmt: skip
+        if name not in models:
+            continue
         src = recipe / stage
         if not (src / "stage_complete.json").exists():
             raise StageError(f"{src} is not a completed stage.")
