@@ -62,11 +62,14 @@ def test_shipped_models_are_the_teacher_and_its_snapfusion_student(pipes):
     assert student.scheduler.config.prediction_type == "v_prediction"
     assert student.config.default_num_inference_steps == 8
     assert teacher.vae_decoder is None and student.vae_decoder is not None
-    # the compressed decoder is channel-pruned in every block (v2 keeps 75%: bundle/README.md says why)
-    decoder_params = sum(p.numel() for p in student.vae_decoder.parameters())
-    assert decoder_params < 0.8 * sum(p.numel() for p in teacher.vae.decoder.parameters())
-    kept, full = student.vae_decoder.config.block_out_channels, teacher.vae.config.block_out_channels
-    assert len(kept) == len(full) and all(k < f for k, f in zip(kept, full))
+    # the compressed decoder (v3): a pixel-shuffle decoder that does under half of the teacher decoder's work
+    # (bundle/README.md says why channel pruning was not enough at 64x64)
+    from pipelines import PixelShuffleVAEDecoder
+    from pipelines.profiling import count_decoder_macs
+
+    assert isinstance(student.vae_decoder, PixelShuffleVAEDecoder)
+    assert student.vae_scale_factor == teacher.vae_scale_factor
+    assert count_decoder_macs(student.vae_decoder, 16, 16) < 0.5 * count_decoder_macs(teacher.vae, 16, 16)
     assert isinstance(student.unet, EfficientUNet2DConditionModel)
     # the student's UNet is smaller than the teacher's; both read the same text encoder and latent space
     assert sum(p.numel() for p in student.unet.parameters()) < sum(p.numel() for p in teacher.unet.parameters())

@@ -437,6 +437,26 @@ def test_model_card_names_the_decoder_pruning():
                   "8 ch x 1 ResNet; no attention; trained from scratch)")  # fmt: skip
 
 
+@pytest.mark.parametrize("preset", ["smoke", "mini"])
+def test_recipe_configs_parse_with_their_stage_modules(preset):
+    import importlib
+    from argparse import Namespace
+
+    from training.recipe import load_config, stage_argv
+
+    config = load_config(Namespace(config=None, preset=preset))
+    values = {"output": "runs/x", **{s["name"]: f"runs/x/{s['name']}" for s in config["stages"]}}
+    for s in config["stages"]:
+        if s["module"] == "write_prompts":
+            continue
+        args = importlib.import_module(f"training.{s['module']}").parse_args(
+            stage_argv(s, values) + ["--output", "runs/x/out"])  # fmt: skip
+        for key, value in s.get("args", {}).items():  # every config key is a flag of that stage
+            assert hasattr(args, key), (s["name"], key)
+            if value is True:
+                assert getattr(args, key) is True, (s["name"], key)
+
+
 def test_ship_bundle_one_model(tmp_path):
     from safetensors.torch import load_file
 

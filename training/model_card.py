@@ -74,7 +74,7 @@ def seconds_per_image(pipe, repeats: int) -> dict:
 
 @torch.no_grad()
 def decoder_report(student, teacher, num_latents: int = 64, steps: int = 20, guidance: float = 5.0,
-                   repeats: int = 10) -> dict:  # fmt: skip
+                   repeats: int = 50) -> dict:  # fmt: skip
     """The compressed decoder (``student.vae_decoder``) against the teacher's full VAE decoder, on fresh latents.
 
     Latents: the teacher's (the paper's distillation source) and the student's own (what the app decodes), for
@@ -225,6 +225,10 @@ def main(args):
                 continue
             cfg = json.loads(cfg_file.read_text())
             hidden = ("output", "overwrite", "resume")
+            if cfg["args"].get("architecture") == "pixel_shuffle":  # the decoder stage's pruning-only option
+                hidden += ("width_ratio",)
+            elif cfg["args"].get("architecture") == "pruned":
+                hidden += ("channels", "layers")
             shown = {k: v for k, v in cfg["args"].items() if v is not None and v is not False and k not in hidden}
             done = recipe / stage / "stage_complete.json"
             result = {k: v for k, v in json.loads(done.read_text()).items() if k != "stage"} if done.exists() else {}
