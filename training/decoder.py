@@ -53,9 +53,10 @@ def parse_args(argv=None):
     parser.add_argument("--width-ratio", type=float, default=0.5, help="pruned: fraction of decoder channels kept")
     parser.add_argument("--channels", default="64,16", help="pixel_shuffle: channels per stage, from the latent "
                         "resolution up, each stage at twice the previous one's resolution")  # fmt: skip
-    parser.add_argument("--layers", default="2,1", help="pixel_shuffle: ResNet blocks per stage (one number for all)")
-    parser.add_argument("--norm-groups", type=int, default=None, help="GroupNorm groups of the compressed decoder "
-                        "(default: the teacher VAE's; pruned: needed when they do not divide the kept widths)")  # fmt: skip
+    parser.add_argument("--layers", default="2,2", help="pixel_shuffle: ResNet blocks per stage (one number for all)")
+    parser.add_argument("--norm-groups", type=int, default=None, help="GroupNorm groups of the compressed "
+                        "decoder (default: the teacher VAE's; pruned: needed when they do not divide the kept "
+                        "widths)")  # fmt: skip
     parser.add_argument("--latents-from", choices=["teacher", "pipeline"], default="teacher",
                         help="which pipeline's text-to-image sampling makes the latents")  # fmt: skip
     parser.add_argument("--gen-steps", type=int, default=None, help="sampling steps per latent (default: the "

@@ -118,7 +118,8 @@ def decoder_phrase(pipe) -> str:
         return "the full VAE decoder"
     cfg = pipe.vae_decoder.config
     if isinstance(pipe.vae_decoder, PixelShuffleVAEDecoder):
-        stages = ", ".join(f"{c} ch x {n} ResNet" for c, n in zip(cfg.block_out_channels, pipe.vae_decoder.stage_layers))
+        layout = zip(cfg.block_out_channels, pipe.vae_decoder.stage_layers)
+        stages = ", ".join(f"{c} ch x {n} ResNet" for c, n in layout)
         return (f"pixel-shuffle VAE decoder ({len(cfg.block_out_channels)} stage(s) from the latent resolution up: "
                 f"{stages}; no attention; trained from scratch)")  # fmt: skip
     if pipe.vae is None:
