@@ -150,9 +150,12 @@ def preset_unet(name: str, quick: bool, seed: int):
 
 
 def decoder_params(decoder) -> int:
-    """Parameters decoding uses: post_quant_conv + decoder (of an AutoencoderKL or a CompressedVAEDecoder)."""
+    """Parameters decoding uses: post_quant_conv + decoder of an AutoencoderKL or a CompressedVAEDecoder; all of a
+    decoder-only module without a ``decoder`` part (PixelShuffleVAEDecoder)."""
     from pipelines.profiling import count_params
 
+    if not hasattr(decoder, "decoder"):
+        return count_params(decoder)
     pqc = getattr(decoder, "post_quant_conv", None)
     return count_params(decoder.decoder) + (count_params(pqc) if pqc is not None else 0)
 

@@ -309,3 +309,14 @@ def test_extra_unet_at_sd_width_keeps_the_layout():
     assert count_params(sf) == 767_520_644  # the snapfusion preset's count
     assert count_params(sd) == 859_520_964  # SD-v1.5's count
     assert sf.architecture()["Up-1"] == {"CA": 6, "RB": 2}
+
+
+def test_decoder_params_counts_what_decoding_uses():
+    from benchmarks.common import decoder_params
+    from pipelines.profiling import count_params
+    from pipelines.tiny import tiny_components
+
+    vae = tiny_components(0)["vae"]
+    assert decoder_params(vae) == count_params(vae.decoder) + count_params(vae.post_quant_conv) < count_params(vae)
+    ps = tiny_components(0, compressed_decoder="pixel_shuffle")["vae_decoder"]
+    assert decoder_params(ps) == count_params(ps) > 0
