@@ -149,17 +149,6 @@ def preset_unet(name: str, quick: bool, seed: int):
     return EfficientUNet2DConditionModel.from_preset(name, **(QUICK_UNET if quick else {})).eval()
 
 
-def decoder_params(decoder) -> int:
-    """Parameters decoding uses: an AutoencoderKL's post_quant_conv + decoder (not its encoder), or all of a
-    decoder-only module (CompressedVAEDecoder, PixelShuffleVAEDecoder)."""
-    from pipelines.profiling import count_params
-
-    if not hasattr(decoder, "encoder"):
-        return count_params(decoder)
-    pqc = getattr(decoder, "post_quant_conv", None)
-    return count_params(decoder.decoder) + (count_params(pqc) if pqc is not None else 0)
-
-
 # ---------------------------------------------------------------------------------------------- timing
 
 

@@ -27,7 +27,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from diffusers import DDIMScheduler
 from pipelines import CompressedVAEDecoder, SnapFusionPipeline
-from pipelines.profiling import count_decoder_macs, count_macs, count_params
+from pipelines.profiling import count_decoder_macs, count_decoder_params, count_macs, count_params
 from pipelines.tokenizer import build_clip_tokenizer
 
 from . import common
@@ -220,7 +220,7 @@ def bundle_section(args, device) -> dict:
             image=[size, size],
             unet_params=count_params(pipe.unet),
             unet_class=type(pipe.unet).__name__,
-            decoder_params=common.decoder_params(decoder),
+            decoder_params=count_decoder_params(decoder),
         )
         out["models"][key] = entry
     out["speedup"] = out["models"]["teacher"]["total_ms"] / out["models"]["student"]["total_ms"]
@@ -264,7 +264,7 @@ def run(args) -> dict:
                 "text_encoder_params": count_params(pipe.text_encoder),
                 "unet_params": count_params(pipe.unet),
                 "unet_macs_per_step": count_macs(pipe.unet, latent, latent),
-                "decoder_params": common.decoder_params(decoder),
+                "decoder_params": count_decoder_params(decoder),
                 "decoder_macs": count_decoder_macs(decoder, latent, latent),
             }
 

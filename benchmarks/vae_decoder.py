@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from pipelines import CompressedVAEDecoder
-from pipelines.profiling import count_decoder_macs
+from pipelines.profiling import count_decoder_macs, count_decoder_params
 
 from . import common
 
@@ -58,8 +58,8 @@ def run(args) -> dict:
     except ValueError as e:
         common.fail(str(e))
     decoders = {
-        "sd15": ("SD-v1.5 decoder", vae, common.decoder_params(vae)),
-        "pruned": (f"pruned decoder ({args.width_ratio:g} width)", pruned, common.decoder_params(pruned)),
+        "sd15": ("SD-v1.5 decoder", vae, count_decoder_params(vae)),
+        "pruned": (f"pruned decoder ({args.width_ratio:g} width)", pruned, count_decoder_params(pruned)),
     }
     res["decoders"] = {}
     for key, (label, model, params) in decoders.items():

@@ -40,6 +40,18 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def count_decoder_params(decoder_or_vae: nn.Module) -> int:
+    """Parameters that ``decode(latents)`` uses: an ``AutoencoderKL``'s post-quant conv and decoder (not its
+    encoder), or all of a decoder-only module (``CompressedVAEDecoder``, ``PixelShuffleVAEDecoder``)."""
+    if not hasattr(decoder_or_vae, "decode"):
+        kind = type(decoder_or_vae).__name__
+        raise ValueError(f"Expected an AutoencoderKL or a compressed VAE decoder; got {kind}.")
+    if not hasattr(decoder_or_vae, "encoder"):
+        return count_params(decoder_or_vae)
+    pqc = getattr(decoder_or_vae, "post_quant_conv", None)
+    return count_params(decoder_or_vae.decoder) + (count_params(pqc) if pqc is not None else 0)
+
+
 # --------------------------------------------------------------------------------------------- MAC counting
 
 

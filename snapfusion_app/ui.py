@@ -644,7 +644,7 @@ def _params(module) -> int:
 
 def model_summary(sides: dict[str, Side]) -> tuple[list[list], list[list]]:
     """(rows by paper stage, rows of totals) for both sides; counts, not measurements."""
-    from pipelines.profiling import architecture_table, count_decoder_macs, count_macs
+    from pipelines.profiling import architecture_table, count_decoder_macs, count_decoder_params, count_macs
 
     tables = {k: architecture_table(s.pipe.unet) for k, s in sides.items()}
     stages = [row["stage"] for row in tables["left"]]
@@ -662,17 +662,15 @@ def model_summary(sides: dict[str, Side]) -> tuple[list[list], list[list]]:
     totals = {}
     for k, s in sides.items():
         pipe, (h, w) = s.pipe, s.image_size
-        # what decodes latents: the compressed decoder, else the VAE's post-quant conv + decoder (not its encoder)
-        decoder_params = (_params(pipe.vae_decoder) if pipe.vae_decoder is not None
-                          else _params(pipe.vae.decoder) + _params(pipe.vae.post_quant_conv))  # fmt: skip
+        decoder = pipe.vae_decoder if pipe.vae_decoder is not None else pipe.vae  # what decodes latents
         lh, lw = h // pipe.vae_scale_factor, w // pipe.vae_scale_factor  # latent size
         macs = count_macs(pipe.unet, lh, lw, batch=2, context_len=pipe.tokenizer.model_max_length)  # CFG: batch 2
-        dec_macs = count_decoder_macs(pipe.vae_decoder if pipe.vae_decoder is not None else pipe.vae, lh, lw)
+        dec_macs = count_decoder_macs(decoder, lh, lw)
         totals[k] = {
             "image size": f"{h}×{w}",
             "text encoder params (M)": _params(pipe.text_encoder) / 1e6,
             "UNet params (M)": _params(pipe.unet) / 1e6,
-            "decoder params (M)": decoder_params / 1e6,
+            "decoder params (M)": count_decoder_params(decoder) / 1e6,
             "UNet GFLOPs per step (CFG, batch 2)": 2 * macs / 1e9,
             "default steps": s.default_steps,
             "default guidance": s.default_guidance,

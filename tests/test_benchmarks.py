@@ -312,11 +312,14 @@ def test_extra_unet_at_sd_width_keeps_the_layout():
 
 
 def test_decoder_params_counts_what_decoding_uses():
-    from benchmarks.common import decoder_params
-    from pipelines.profiling import count_params
+    from pipelines.profiling import count_decoder_params, count_params
     from pipelines.tiny import tiny_components
 
-    vae = tiny_components(0)["vae"]
-    assert decoder_params(vae) == count_params(vae.decoder) + count_params(vae.post_quant_conv) < count_params(vae)
+    parts = tiny_components(0)
+    vae = parts["vae"]
+    assert count_decoder_params(vae) == count_params(vae.decoder) + count_params(vae.post_quant_conv)
+    assert count_decoder_params(vae) < count_params(vae)  # the encoder is not counted
     ps = tiny_components(0, compressed_decoder="pixel_shuffle")["vae_decoder"]
-    assert decoder_params(ps) == count_params(ps) > 0
+    assert count_decoder_params(ps) == count_params(ps) > 0
+    with pytest.raises(ValueError, match="AutoencoderKL"):
+        count_decoder_params(parts["unet"])

@@ -20,7 +20,7 @@ import torch
 
 from pipelines import EfficientUNet2DConditionModel, PixelShuffleVAEDecoder
 from pipelines.latency import host_description
-from pipelines.profiling import count_params
+from pipelines.profiling import count_decoder_params, count_params
 
 from .common import StageError, run_cli
 from .models import load_stage_pipeline
@@ -107,7 +107,7 @@ def decoder_report(student, teacher, num_latents: int = 64, steps: int = 20, gui
     ms = {k: statistics.median(v) for k, v in times.items()}
     return {"num_latents": num_latents, "steps": steps, "guidance": guidance, "psnr_db": psnr,
             "full_ms": ms["full"], "compressed_ms": ms["compressed"], "speedup": ms["full"] / ms["compressed"],
-            "params_full": count_params(full.decoder), "params_compressed": count_params(small),
+            "params_full": count_decoder_params(full), "params_compressed": count_decoder_params(small),
             "repeats": repeats}  # fmt: skip
 
 
@@ -143,7 +143,7 @@ def main(args):
     arch = unet.architecture()
     params = {
         "unet": count_params(pipe.unet), "text_encoder": count_params(pipe.text_encoder),
-        "vae_decoder (used)": count_params(pipe.vae_decoder if pipe.vae_decoder is not None else pipe.vae.decoder),
+        "vae_decoder (used)": count_decoder_params(pipe.vae_decoder if pipe.vae_decoder is not None else pipe.vae),
     }  # fmt: skip
     timing = seconds_per_image(pipe, args.repeats)
     steps, guidance = pipe.config.default_num_inference_steps, pipe.config.default_guidance_scale
