@@ -103,6 +103,20 @@ class CompressedVAEDecoder(ModelMixin, ConfigMixin):
         return self.decode(z).sample
 
 
+class ResidualConvBlock(nn.Module):
+    """``x + conv2(silu(conv1(x)))``: a ResNet block without normalization (EDSR's), same channels in and out.
+
+    ``forward(x, temb)`` takes (and ignores) ``temb`` to be called as diffusers' ``ResnetBlock2D`` is."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
+        return x + self.conv2(F.silu(self.conv1(x)))
+
+
 class PixelShuffleVAEDecoder(ModelMixin, ConfigMixin):
     """A structurally compressed decoder: ResNet blocks at low resolution, pixel-shuffle (depth-to-space)
     upsampling, and no attention. Trained from scratch by data distillation against a VAE decoder.
@@ -114,6 +128,10 @@ class PixelShuffleVAEDecoder(ModelMixin, ConfigMixin):
     and a 2x pixel shuffle upsample; a final 3x3 conv and pixel shuffle by ``upscale_factor / 2**(stages - 1)``
     give the image. ``decode(latents)`` matches ``AutoencoderKL.decode`` (latents already divided by
     ``scaling_factor``).
+
+    ``block_type``: ``"resnet"``, diffusers' ``ResnetBlock2D`` (GroupNorm, SiLU, conv, twice) and a GroupNorm before
+    the last conv; or ``"residual_conv"``, ``x + conv(silu(conv(x)))`` with no normalization, as in EDSR's
+    super-resolution blocks (Lim et al., 2017): at these sizes the norms cost as much time as the convs.
     """
 
     @register_to_config
@@ -126,8 +144,11 @@ class PixelShuffleVAEDecoder(ModelMixin, ConfigMixin):
         upscale_factor: int = 8,
         norm_num_groups: int = 8,
         scaling_factor: float = 0.18215,
+        block_type: str = "resnet",
     ):
         super().__init__()
+        if block_type not in ("resnet", "residual_conv"):
+            raise ValueError(f"block_type must be 'resnet' or 'residual_conv'; got {block_type!r}.")
         channels = tuple(int(c) for c in block_out_channels)
         if not channels:
             raise ValueError("block_out_channels needs at least one stage; got an empty list.")
@@ -137,10 +158,12 @@ class PixelShuffleVAEDecoder(ModelMixin, ConfigMixin):
                 f"layers_per_block must be an int >= 0 or one int >= 0 per stage ({len(channels)}); got "
                 f"{layers_per_block!r}."
             )
-        bad = [c for c in channels if c < 1 or c % norm_num_groups]
+        if any(c < 1 for c in channels):
+            raise ValueError(f"block_out_channels must all be >= 1; got {list(channels)}.")
+        bad = [c for c in channels if block_type == "resnet" and c % norm_num_groups]
         if bad:
             raise ValueError(f"block_out_channels {list(channels)} must be multiples of norm_num_groups="
-                             f"{norm_num_groups}; {bad} are not.")  # fmt: skip
+                             f"{norm_num_groups}; {bad} are not (block_type 'resnet' normalizes with GroupNorm).")  # fmt: skip
         last = upscale_factor // 2 ** (len(channels) - 1)
         if upscale_factor < 1 or upscale_factor & (upscale_factor - 1) or last < 1:
             raise ValueError(
@@ -151,14 +174,14 @@ class PixelShuffleVAEDecoder(ModelMixin, ConfigMixin):
         self.upsamplers = nn.ModuleList(
             nn.Conv2d(channels[i], 4 * channels[i + 1], 3, padding=1) for i in range(len(channels) - 1)
         )  # conv to 4x the next stage's channels, then a 2x pixel shuffle
-        self.stages = nn.ModuleList(
-            nn.ModuleList(
-                ResnetBlock2D(in_channels=c, out_channels=c, temb_channels=None, groups=norm_num_groups, eps=1e-6)
-                for _ in range(n)
-            )
-            for c, n in zip(channels, layers)
-        )
-        self.norm_out = nn.GroupNorm(norm_num_groups, channels[-1], eps=1e-6)
+
+        def block(c):
+            if block_type == "residual_conv":
+                return ResidualConvBlock(c)
+            return ResnetBlock2D(in_channels=c, out_channels=c, temb_channels=None, groups=norm_num_groups, eps=1e-6)
+
+        self.stages = nn.ModuleList(nn.ModuleList(block(c) for _ in range(n)) for c, n in zip(channels, layers))
+        self.norm_out = nn.GroupNorm(norm_num_groups, channels[-1], eps=1e-6) if block_type == "resnet" else None
         self.conv_out = nn.Conv2d(channels[-1], out_channels * last * last, 3, padding=1)
         self.last_shuffle = last
         self.stage_layers = layers  # ResNet blocks per stage
@@ -175,7 +198,9 @@ class PixelShuffleVAEDecoder(ModelMixin, ConfigMixin):
                 h = F.pixel_shuffle(self.upsamplers[i - 1](h), 2)  # (B, Ci, 2**i h, 2**i w)
             for block in blocks:
                 h = block(h, None)
-        h = self.conv_out(F.silu(self.norm_out(h)))
+        if self.norm_out is not None:
+            h = self.norm_out(h)
+        h = self.conv_out(F.silu(h))
         dec = F.pixel_shuffle(h, self.last_shuffle)  # (B, 3, H, W)
         if not return_dict:
             return (dec,)

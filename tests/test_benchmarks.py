@@ -323,3 +323,29 @@ def test_decoder_params_counts_what_decoding_uses():
     assert count_decoder_params(ps) == count_params(ps) > 0
     with pytest.raises(ValueError, match="AutoencoderKL"):
         count_decoder_params(parts["unet"])
+
+
+def test_decoder_layouts_times_candidates_against_a_vae(tmp_path, capsys):
+    from benchmarks import decoder_layouts
+
+    tiny_pipeline(0).vae.save_pretrained(tmp_path / "vae")
+    out = tmp_path / "layouts.json"
+
+    def argv(*layouts, overwrite=False):
+        return ["--vae", str(tmp_path / "vae"), "--latent", "4", "--norm-groups", "4", "--repeats", "2", "--warmup",
+                "0", "--out", str(out), *(["--overwrite"] if overwrite else []), "--layouts", *layouts]  # fmt: skip
+
+    rows = decoder_layouts.main(argv("resnet:16,8:1", "residual_conv:16:2"))["decoders"]
+    assert list(rows) == ["vae", "resnet:16,8:1", "residual_conv:16:2"] and rows["vae"]["speedup"] == 1.0
+    assert all(r["median_ms"] > 0 and r["params"] > 0 and r["macs"] > 0 for r in rows.values())
+    r = rows["resnet:16,8:1"]
+    assert r["speedup"] == pytest.approx(rows["vae"]["median_ms"] / r["median_ms"])
+    assert json.loads(out.read_text())["decoders"].keys() == rows.keys()
+    assert "| `residual_conv:16:2` |" in capsys.readouterr().out
+    for layouts, overwrite, msg in ((["resnet:16"], True, "must be BLOCK:CHANNELS:LAYERS"),
+                                    (["resnet:16,x:1"], True, "comma-separated integers"),
+                                    (["plain:16:1"], True, "block_type must be"),
+                                    (["resnet:16:1"], False, "exists; pass --overwrite")):  # fmt: skip
+        with pytest.raises(SystemExit) as e:
+            decoder_layouts.main(argv(*layouts, overwrite=overwrite))
+        assert e.value.code == 2 and msg in capsys.readouterr().err

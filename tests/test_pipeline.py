@@ -195,13 +195,16 @@ def test_cli_generate(tmp_path):
 # ------------------------------------------------------------------ pixel-shuffle decoder
 
 
+@pytest.mark.parametrize("block_type", ["resnet", "residual_conv"])
 @pytest.mark.parametrize("channels, layers, factor", [((16,), 2, 8), ((16, 8), (2, 1), 8), ((16, 8, 8), (1, 0, 1), 4)])
-def test_pixel_shuffle_decoder_shapes(channels, layers, factor):
+def test_pixel_shuffle_decoder_shapes(channels, layers, factor, block_type):
     from pipelines import PixelShuffleVAEDecoder
 
     torch.manual_seed(0)
     dec = PixelShuffleVAEDecoder(block_out_channels=channels, layers_per_block=layers, upscale_factor=factor,
-                                 norm_num_groups=4).eval()  # fmt: skip
+                                 norm_num_groups=4, block_type=block_type).eval()  # fmt: skip
+    norms = [m for m in dec.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert bool(norms) == (block_type == "resnet")  # residual_conv has no normalization at all
     z = torch.randn(2, 4, 6, 5)
     out = dec(z)
     assert out.shape == (2, 3, 6 * factor, 5 * factor) and dec.vae_scale_factor == factor
@@ -223,6 +226,8 @@ def test_pixel_shuffle_decoder_shapes(channels, layers, factor):
     (dict(layers_per_block=-1), "int >= 0"),
     (dict(upscale_factor=6), "power of 2"),
     (dict(block_out_channels=(8, 8, 8, 8), upscale_factor=4), r"2\*\*\(stages - 1\) = 8"),
+    (dict(block_type="plain"), "block_type must be 'resnet' or 'residual_conv'; got 'plain'"),
+    (dict(block_out_channels=(16, 0), block_type="residual_conv"), r"must all be >= 1; got \[16, 0\]"),
 ])  # fmt: skip
 def test_pixel_shuffle_decoder_bad_config(kwargs, match):
     from pipelines import PixelShuffleVAEDecoder
@@ -243,3 +248,22 @@ def test_pixel_shuffle_decoder_pipeline_round_trip(tmp_path):
     loaded = load_pipeline(str(tmp_path))
     assert type(loaded.vae_decoder).__name__ == "PixelShuffleVAEDecoder" and loaded.vae_scale_factor == 2
     assert np.array_equal(a, _run(loaded).images)
+
+
+def test_pixel_shuffle_decoder_block_types_round_trip(tmp_path):
+    """Both block types save and load with their config; a config without block_type (bundle v3's) is 'resnet'."""
+    from pipelines import PixelShuffleVAEDecoder
+
+    z = torch.randn(1, 4, 4, 4)
+    for block_type in ("resnet", "residual_conv"):
+        torch.manual_seed(0)
+        dec = PixelShuffleVAEDecoder(block_out_channels=(16, 8), upscale_factor=4, norm_num_groups=4,
+                                     block_type=block_type).eval()  # fmt: skip
+        dec.save_pretrained(tmp_path / block_type)
+        loaded = PixelShuffleVAEDecoder.from_pretrained(tmp_path / block_type).eval()
+        assert loaded.config.block_type == block_type
+        assert torch.equal(dec(z), loaded(z))
+    cfg = json.loads((tmp_path / "resnet" / "config.json").read_text())
+    del cfg["block_type"]
+    (tmp_path / "resnet" / "config.json").write_text(json.dumps(cfg))
+    assert PixelShuffleVAEDecoder.from_pretrained(tmp_path / "resnet").config.block_type == "resnet"

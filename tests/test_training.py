@@ -295,6 +295,12 @@ def test_decoder_stage_pixel_shuffle(saved_teacher, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     cached = load_stage_pipeline(str(tmp_path / "cached")).vae_decoder.state_dict()
     assert all(torch.allclose(v, cached[k], atol=1e-5) for k, v in dec.state_dict().items())
+    # --block-type residual_conv: the same layout without normalization
+    r = _run("training.decoder", *common, "--channels", "16,8", "--layers", "1", "--max-steps", "1", "--block-type",
+             "residual_conv", "--output", str(tmp_path / "rc"))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    rc = load_stage_pipeline(str(tmp_path / "rc")).vae_decoder
+    assert rc.config.block_type == "residual_conv" and rc.norm_out is None and rc.stage_layers == (1, 1)
     for bad, msg in ((["--channels", "16,x"], "--channels must be an integer"),
                      (["--channels", "16,8", "--layers", "1,1,1"], "one per stage of --channels (2)"),
                      (["--channels", "16,6"], "multiples of norm_num_groups=4")):  # fmt: skip
@@ -423,7 +429,7 @@ def test_model_card_decoder_report_measures_fresh_latents():
 
 
 def test_model_card_names_the_decoder_pruning():
-    from pipelines import CompressedVAEDecoder
+    from pipelines import CompressedVAEDecoder, PixelShuffleVAEDecoder
     from pipelines.tiny import tiny_pipeline
     from training.model_card import decoder_phrase
 
@@ -435,6 +441,11 @@ def test_model_card_names_the_decoder_pruning():
     ps = decoder_phrase(tiny_pipeline(0, compressed_decoder="pixel_shuffle"))
     assert ps == ("pixel-shuffle VAE decoder (2 stage(s) from the latent resolution up: 16 ch x 1 ResNet, "
                   "8 ch x 1 ResNet; no attention; trained from scratch)")  # fmt: skip
+    rc = tiny_pipeline(0, compressed_decoder="pixel_shuffle")
+    rc.vae_decoder = PixelShuffleVAEDecoder(block_out_channels=(16, 8), layers_per_block=1, upscale_factor=2,
+                                            block_type="residual_conv")  # fmt: skip
+    assert decoder_phrase(rc).endswith("8 ch x 1 ResNet; no attention; no normalization (residual conv blocks); "
+                                       "trained from scratch)")  # fmt: skip
 
 
 @pytest.mark.parametrize("preset", ["smoke", "mini"])

@@ -54,6 +54,9 @@ def parse_args(argv=None):
     parser.add_argument("--channels", default="64,16", help="pixel_shuffle: channels per stage, from the latent "
                         "resolution up, each stage at twice the previous one's resolution")  # fmt: skip
     parser.add_argument("--layers", default="2,2", help="pixel_shuffle: ResNet blocks per stage (one number for all)")
+    parser.add_argument("--block-type", choices=["resnet", "residual_conv"], default="resnet",
+                        help="pixel_shuffle: resnet (diffusers' ResnetBlock2D, GroupNorm) or residual_conv "
+                        "(conv-SiLU-conv + skip, no normalization: fewer ops per block)")  # fmt: skip
     parser.add_argument("--norm-groups", type=int, default=None, help="GroupNorm groups of the compressed "
                         "decoder (default: the teacher VAE's; pruned: needed when they do not divide the kept "
                         "widths)")  # fmt: skip
@@ -114,7 +117,7 @@ def make_student_decoder(vae, args):
             block_out_channels=tuple(channels), layers_per_block=tuple(layers),
             upscale_factor=2 ** (len(vae.config.block_out_channels) - 1),
             norm_num_groups=vae.config.norm_num_groups if args.norm_groups is None else args.norm_groups,
-            scaling_factor=vae.config.scaling_factor,
+            scaling_factor=vae.config.scaling_factor, block_type=args.block_type,
         )  # fmt: skip
     except ValueError as e:
         raise StageError(str(e)) from None

@@ -120,8 +120,9 @@ def decoder_phrase(pipe) -> str:
     if isinstance(pipe.vae_decoder, PixelShuffleVAEDecoder):
         layout = zip(cfg.block_out_channels, pipe.vae_decoder.stage_layers)
         stages = ", ".join(f"{c} ch x {n} ResNet" for c, n in layout)
+        norm = "; no normalization (residual conv blocks)" if cfg.get("block_type") == "residual_conv" else ""
         return (f"pixel-shuffle VAE decoder ({len(cfg.block_out_channels)} stage(s) from the latent resolution up: "
-                f"{stages}; no attention; trained from scratch)")  # fmt: skip
+                f"{stages}; no attention{norm}; trained from scratch)")  # fmt: skip
     if pipe.vae is None:
         return "a compressed VAE decoder"
     kept = [a / b for a, b in zip(pipe.vae_decoder.config.block_out_channels, pipe.vae.config.block_out_channels)]
