@@ -236,7 +236,7 @@ def header(name: str, args, device: torch.device | None = None, dtype: torch.dty
     """Fields every benchmark JSON starts with: what ran, where, and how."""
     data = {
         "benchmark": name,
-        "mode": "quick" if args.quick else "full",
+        "mode": "quick" if getattr(args, "quick", False) else "full",  # tools without --quick are full size
         "machine": host_description(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

@@ -26,6 +26,7 @@ import torch
 
 from pipelines import PixelShuffleVAEDecoder
 from pipelines.profiling import count_decoder_macs, count_decoder_params
+from training.decoder import pixel_shuffle_layout
 
 from . import common
 
@@ -48,25 +49,16 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the untrained decoders' weights")
     p.add_argument("--out", default=None, help="also write the results as JSON to this file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    args = common.parse(p, argv)
-    args.quick = False  # common.header's field; this tool has no quick mode
-    return args
+    return common.parse(p, argv)
 
 
-def parse_layout(text: str) -> tuple[str, tuple[int, ...], tuple[int, ...]]:
-    """'resnet:64,16:2,2' -> ('resnet', (64, 16), (2, 2)); one LAYERS number applies to every stage."""
+def parse_layout(text: str) -> tuple[str, list[int], list[int]]:
+    """'resnet:64,16:2,2' -> ('resnet', [64, 16], [2, 2]); one LAYERS number applies to every stage."""
     parts = text.split(":")
     if len(parts) != 3:
         raise ValueError(f"layout {text!r} must be BLOCK:CHANNELS:LAYERS, e.g. resnet:64,16:2,2.")
-    block, channels, layers = parts
-    try:
-        ch = tuple(int(c) for c in channels.split(","))
-        ly = tuple(int(n) for n in layers.split(","))
-    except ValueError:
-        raise ValueError(f"layout {text!r}: CHANNELS and LAYERS must be comma-separated integers.") from None
-    if len(ly) == 1:
-        ly = ly * len(ch)
-    return block, ch, ly
+    channels, layers = pixel_shuffle_layout(parts[1], parts[2], f"layout {text!r}: CHANNELS", "LAYERS")
+    return parts[0], channels, layers
 
 
 def run(args) -> dict:
@@ -85,11 +77,8 @@ def run(args) -> dict:
         try:
             block, ch, ly = parse_layout(text)
             torch.manual_seed(args.seed)
-            decoders[text] = PixelShuffleVAEDecoder(
-                latent_channels=vae.config.latent_channels, out_channels=vae.config.out_channels,
-                block_out_channels=ch, layers_per_block=ly, upscale_factor=factor,
-                norm_num_groups=args.norm_groups, block_type=block,
-            ).to(device, dtype).eval()  # fmt: skip
+            decoders[text] = PixelShuffleVAEDecoder.from_vae(vae, ch, tuple(ly), args.norm_groups, block)
+            decoders[text].to(device, dtype).eval()
         except ValueError as e:
             common.fail(str(e))
     z = torch.randn(1, vae.config.latent_channels, latent, latent, generator=torch.Generator().manual_seed(0))
@@ -103,7 +92,6 @@ def run(args) -> dict:
         rows[k] = {"median_ms": s["median_ms"], "min_ms": s["min_ms"], "speedup": base / s["median_ms"],
                    "params": count_decoder_params(m), "macs": count_decoder_macs(m, latent, latent)}  # fmt: skip
     res = common.header(NAME, args, device, dtype)
-    del res["mode"]
     res.update(vae=args.vae, latent=[latent, latent], image=[factor * latent] * 2, batch=1, warmup=args.warmup,
                repeats=args.repeats, decoders=rows)  # fmt: skip
     return res

@@ -90,10 +90,7 @@ def tiny_components(seed: int = 0, unet: str = "efficient", compressed_decoder: 
     vae_decoder = None
     if compressed_decoder == "pixel_shuffle":
         torch.manual_seed(seed)
-        vae_decoder = PixelShuffleVAEDecoder(
-            block_out_channels=(16, 8), layers_per_block=1, upscale_factor=2, norm_num_groups=4,
-            scaling_factor=vae.config.scaling_factor,
-        ).eval()  # fmt: skip
+        vae_decoder = PixelShuffleVAEDecoder.from_vae(vae, (16, 8), layers_per_block=1, norm_num_groups=4).eval()
     elif compressed_decoder:
         vae_decoder = CompressedVAEDecoder.from_vae(vae, 0.5)
     return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=net,

@@ -93,15 +93,17 @@ def parse_int_list(text, flag: str) -> list[int]:
     return values
 
 
-def pixel_shuffle_layout(args) -> tuple[list[int], list[int]]:
-    """--channels and --layers as per-stage lists (one --layers number applies to every stage)."""
-    channels = parse_int_list(args.channels, "--channels")
-    layers = parse_int_list(args.layers, "--layers")
+def pixel_shuffle_layout(channels_text, layers_text, channels_flag: str = "--channels",
+                         layers_flag: str = "--layers") -> tuple[list[int], list[int]]:  # fmt: skip
+    """Channels and layers per stage from their comma-separated texts (one layers number applies to every stage);
+    the flag names go into the error messages."""
+    channels = parse_int_list(channels_text, channels_flag)
+    layers = parse_int_list(layers_text, layers_flag)
     if len(layers) == 1:
         layers = layers * len(channels)
     if len(layers) != len(channels):
-        raise StageError(f"--layers needs one number or one per stage of --channels ({len(channels)}); "
-                         f"got {args.layers!r}.")  # fmt: skip
+        raise StageError(f"{layers_flag} needs one number or one per stage of {channels_flag} ({len(channels)}); "
+                         f"got {layers_text!r}.")  # fmt: skip
     return channels, layers
 
 
@@ -110,15 +112,9 @@ def make_student_decoder(vae, args):
     try:
         if args.architecture == "pruned":
             return CompressedVAEDecoder.from_vae(vae, args.width_ratio, args.norm_groups)
-        channels, layers = pixel_shuffle_layout(args)
+        channels, layers = pixel_shuffle_layout(args.channels, args.layers)
         torch.manual_seed(args.seed)
-        return PixelShuffleVAEDecoder(
-            latent_channels=vae.config.latent_channels, out_channels=vae.config.out_channels,
-            block_out_channels=tuple(channels), layers_per_block=tuple(layers),
-            upscale_factor=2 ** (len(vae.config.block_out_channels) - 1),
-            norm_num_groups=vae.config.norm_num_groups if args.norm_groups is None else args.norm_groups,
-            scaling_factor=vae.config.scaling_factor, block_type=args.block_type,
-        )  # fmt: skip
+        return PixelShuffleVAEDecoder.from_vae(vae, channels, tuple(layers), args.norm_groups, args.block_type)
     except ValueError as e:
         raise StageError(str(e)) from None
 
@@ -133,7 +129,7 @@ def main(args):
         raise StageError(f"--heldout must be >= 1; got {args.heldout}.")
     guidances = parse_guidance_list(args.gen_guidance)
     if args.architecture == "pixel_shuffle":
-        pixel_shuffle_layout(args)
+        pixel_shuffle_layout(args.channels, args.layers)
     prompts = read_prompts(args.prompts)
 
     # 1. teacher (latents + target decoder) and the pipeline to extend
