@@ -103,6 +103,28 @@ class CompressedVAEDecoder(ModelMixin, ConfigMixin):
         return self.decode(z).sample
 
 
+def plain_resnet_forward(block: ResnetBlock2D, x: torch.Tensor) -> torch.Tensor:
+    """``block(x, None)`` for a diffusers ``ResnetBlock2D`` without a time embedding, resampling, output scale or
+    dropout, as decoders build them: the same arithmetic, in the same order, without the branches, the dropout
+    call and the division by ``output_scale_factor = 1`` that its general ``forward`` runs every call. At batch 1
+    on a CPU those cost about a tenth of a small decoder's time (``python -m benchmarks.decoder_layouts``)."""
+    if (block.upsample is not None or block.downsample is not None or block.time_emb_proj is not None
+            or block.output_scale_factor != 1 or (block.training and block.dropout.p)):  # fmt: skip
+        raise ValueError("plain_resnet_forward takes ResnetBlock2Ds without time embedding, up/downsampling, "
+                         "output scale or dropout.")  # fmt: skip
+    h = block.conv1(block.nonlinearity(block.norm1(x)))
+    h = block.conv2(block.nonlinearity(block.norm2(h)))
+    return (x if block.conv_shortcut is None else block.conv_shortcut(x)) + h
+
+
+class PlainResnetBlock2D(ResnetBlock2D):
+    """diffusers' ``ResnetBlock2D`` (same modules and weights, so same checkpoints) with ``plain_resnet_forward``
+    as its forward; ``PixelShuffleVAEDecoder`` builds its blocks so that it applies."""
+
+    def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
+        return plain_resnet_forward(self, input_tensor)
+
+
 class ResidualConvBlock(nn.Module):
     """``x + conv2(silu(conv1(x)))``: a ResNet block without normalization (EDSR's), same channels in and out.
 
@@ -129,8 +151,8 @@ class PixelShuffleVAEDecoder(ModelMixin, ConfigMixin):
     give the image. ``decode(latents)`` matches ``AutoencoderKL.decode`` (latents already divided by
     ``scaling_factor``).
 
-    ``block_type``: ``"resnet"``, diffusers' ``ResnetBlock2D`` (GroupNorm, SiLU, conv, twice) and a GroupNorm before
-    the last conv; or ``"residual_conv"``, ``x + conv(silu(conv(x)))`` with no normalization, as in EDSR's
+    ``block_type``: ``"resnet"``, diffusers' ``ResnetBlock2D`` (GroupNorm, SiLU, conv, twice; run by
+    ``plain_resnet_forward``) and a GroupNorm before the last conv; or ``"residual_conv"``, ``x + conv(silu(conv(x)))`` with no normalization, as in EDSR's
     super-resolution blocks (Lim et al., 2017). At 64x64 the norms take about 30% of the decoder's time
     (``python -m benchmarks.decoder_layouts``).
     """
@@ -179,7 +201,8 @@ class PixelShuffleVAEDecoder(ModelMixin, ConfigMixin):
         def block(c):
             if block_type == "residual_conv":
                 return ResidualConvBlock(c)
-            return ResnetBlock2D(in_channels=c, out_channels=c, temb_channels=None, groups=norm_num_groups, eps=1e-6)
+            return PlainResnetBlock2D(in_channels=c, out_channels=c, temb_channels=None, groups=norm_num_groups,
+                                      eps=1e-6)  # fmt: skip
 
         self.stages = nn.ModuleList(nn.ModuleList(block(c) for _ in range(n)) for c, n in zip(channels, layers))
         self.norm_out = nn.GroupNorm(norm_num_groups, channels[-1], eps=1e-6) if block_type == "resnet" else None

@@ -325,6 +325,20 @@ def test_decoder_params_counts_what_decoding_uses():
         count_decoder_params(parts["unet"])
 
 
+def test_with_plain_blocks_keeps_the_vae_decoders_outputs():
+    from diffusers.models.resnet import ResnetBlock2D
+
+    from benchmarks.decoder_layouts import with_plain_blocks
+
+    vae = tiny_pipeline(0).vae.eval()
+    plain = with_plain_blocks(vae)
+    patched = [m for m in plain.decoder.modules() if type(m) is ResnetBlock2D and "forward" in vars(m)]
+    assert patched and not any("forward" in vars(m) for m in vae.decoder.modules())  # the original is untouched
+    z = torch.randn(2, vae.config.latent_channels, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(plain.decode(z).sample, vae.decode(z).sample)
+
+
 def test_decoder_layouts_times_candidates_against_a_vae(tmp_path, capsys):
     from benchmarks import decoder_layouts
 
@@ -336,10 +350,12 @@ def test_decoder_layouts_times_candidates_against_a_vae(tmp_path, capsys):
                 "0", "--out", str(out), *(["--overwrite"] if overwrite else []), "--layouts", *layouts]  # fmt: skip
 
     rows = decoder_layouts.main(argv("resnet:16,8:1", "residual_conv:16:2"))["decoders"]
-    assert list(rows) == ["vae", "resnet:16,8:1", "residual_conv:16:2"] and rows["vae"]["speedup"] == 1.0
+    assert list(rows) == ["vae", "vae:plain_blocks", "resnet:16,8:1", "residual_conv:16:2"]
+    assert rows["vae"]["speedup"] == 1.0 and rows["vae:plain_blocks"]["speedup_vs_plain_blocks"] == 1.0
     assert all(r["median_ms"] > 0 and r["params"] > 0 and r["macs"] > 0 for r in rows.values())
     r = rows["resnet:16,8:1"]
     assert r["speedup"] == pytest.approx(rows["vae"]["median_ms"] / r["median_ms"])
+    assert r["speedup_vs_plain_blocks"] == pytest.approx(rows["vae:plain_blocks"]["median_ms"] / r["median_ms"])
     assert json.loads(out.read_text())["decoders"].keys() == rows.keys()
     assert "| `residual_conv:16:2` |" in capsys.readouterr().out
     for layouts, overwrite, msg in ((["resnet:16"], True, "must be BLOCK:CHANNELS:LAYERS"),

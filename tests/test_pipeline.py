@@ -219,6 +219,28 @@ def test_pixel_shuffle_decoder_shapes(channels, layers, factor, block_type):
     assert diff[0].max() > 1e-4 and torch.allclose(dec(z2)[1], out[1], atol=1e-6)
 
 
+def test_plain_resnet_forward_matches_diffusers_resnet_block():
+    """The decoder's ResNet blocks skip ResnetBlock2D.forward's general path; outputs and gradients stay the same."""
+    from diffusers.models.resnet import ResnetBlock2D
+
+    from pipelines.vae_compressed import PlainResnetBlock2D, plain_resnet_forward
+
+    torch.manual_seed(0)
+    for cin, cout in ((8, 8), (8, 16)):  # without and with the shortcut conv
+        stock = ResnetBlock2D(in_channels=cin, out_channels=cout, temb_channels=None, groups=4, eps=1e-6)
+        plain = PlainResnetBlock2D(in_channels=cin, out_channels=cout, temb_channels=None, groups=4, eps=1e-6)
+        plain.load_state_dict(stock.state_dict())  # same modules, same checkpoint keys
+        x = torch.randn(2, cin, 5, 6, requires_grad=True)
+        ref = stock(x, None)
+        (gx_ref,) = torch.autograd.grad(ref.square().sum(), x)
+        out = plain(x, None)
+        (gx,) = torch.autograd.grad(out.square().sum(), x)
+        assert torch.equal(out, ref) and torch.allclose(gx, gx_ref, atol=1e-6)
+    timed = ResnetBlock2D(in_channels=8, out_channels=8, temb_channels=16, groups=4)
+    with pytest.raises(ValueError, match="without time embedding"):
+        plain_resnet_forward(timed, torch.randn(1, 8, 4, 4))
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(block_out_channels=()), "at least one stage"),
     (dict(block_out_channels=(16, 6)), r"multiples of norm_num_groups=4; \[6\]"),
