@@ -24,14 +24,13 @@ Not a section of docs/benchmarks.md: its numbers belong to the model they were r
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 from pathlib import Path
 
 import torch
 
 from pipelines import PixelShuffleVAEDecoder
-from pipelines.vae_compressed import plain_resnet_forward
+from pipelines.vae_compressed import with_plain_resnet_blocks
 from pipelines.profiling import count_decoder_macs, count_decoder_params
 from training.decoder import pixel_shuffle_layout
 
@@ -68,17 +67,6 @@ def parse_layout(text: str) -> tuple[str, list[int], list[int]]:
     return parts[0], channels, layers
 
 
-def with_plain_blocks(vae):
-    """A copy of ``vae`` whose decoder's ``ResnetBlock2D``s run ``plain_resnet_forward`` (same outputs)."""
-    from diffusers.models.resnet import ResnetBlock2D
-
-    vae = copy.deepcopy(vae)
-    for m in vae.decoder.modules():
-        if type(m) is ResnetBlock2D:
-            m.forward = lambda x, temb=None, m=m: plain_resnet_forward(m, x)
-    return vae
-
-
 def run(args) -> dict:
     from diffusers import AutoencoderKL
 
@@ -90,7 +78,7 @@ def run(args) -> dict:
     vae = AutoencoderKL.from_pretrained(args.vae).to(device, dtype).eval()
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     latent = args.latent or vae.config.sample_size // factor
-    decoders = {"vae": vae, "vae:plain_blocks": with_plain_blocks(vae)}
+    decoders = {"vae": vae, "vae:plain_blocks": with_plain_resnet_blocks(vae)}
     for text in args.layouts:
         try:
             block, ch, ly = parse_layout(text)

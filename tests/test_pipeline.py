@@ -241,6 +241,20 @@ def test_plain_resnet_forward_matches_diffusers_resnet_block():
         plain_resnet_forward(timed, torch.randn(1, 8, 4, 4))
 
 
+def test_with_plain_resnet_blocks_keeps_the_vae_decoders_outputs():
+    from diffusers.models.resnet import ResnetBlock2D
+
+    from pipelines.vae_compressed import with_plain_resnet_blocks
+
+    vae = tiny_pipeline(0).vae.eval()
+    plain = with_plain_resnet_blocks(vae)
+    patched = [m for m in plain.decoder.modules() if type(m) is ResnetBlock2D and "forward" in vars(m)]
+    assert patched and not any("forward" in vars(m) for m in vae.decoder.modules())  # the original is untouched
+    z = torch.randn(2, vae.config.latent_channels, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(plain.decode(z).sample, vae.decode(z).sample)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(block_out_channels=()), "at least one stage"),
     (dict(block_out_channels=(16, 6)), r"multiples of norm_num_groups=4; \[6\]"),

@@ -423,6 +423,7 @@ def test_model_card_decoder_report_measures_fresh_latents():
     assert set(d["psnr_db"]) == {"teacher_latents", "student_latents"}
     assert all(np.isfinite(v) for v in d["psnr_db"].values())
     assert d["full_ms"] > 0 and d["compressed_ms"] > 0 and d["params_compressed"] < d["params_full"]
+    assert d["full_plain_ms"] > 0 and d["speedup_vs_plain"] == pytest.approx(d["full_plain_ms"] / d["compressed_ms"])
     assert d["psnr_db"]["teacher_latents"] < 100  # the untrained pruned decoder is not the full one
     with pytest.raises(StageError, match="compressed decoder"):
         decoder_report(teacher, teacher, num_latents=2, steps=1, repeats=1)
