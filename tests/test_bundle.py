@@ -62,14 +62,19 @@ def test_shipped_models_are_the_teacher_and_its_snapfusion_student(pipes):
     assert student.scheduler.config.prediction_type == "v_prediction"
     assert student.config.default_num_inference_steps == 8
     assert teacher.vae_decoder is None and student.vae_decoder is not None
-    # the compressed decoder (v3): a pixel-shuffle decoder that does under half of the teacher decoder's work
-    # (bundle/README.md says why channel pruning was not enough at 64x64)
+    # the compressed decoder (v3 on): a pixel-shuffle decoder that does under half of the teacher decoder's work
+    # (bundle/README.md says why channel pruning was not enough at 64x64), with the layout the recipe trains
     from pipelines import PixelShuffleVAEDecoder
     from pipelines.profiling import count_decoder_macs
 
     assert isinstance(student.vae_decoder, PixelShuffleVAEDecoder)
     assert student.vae_scale_factor == teacher.vae_scale_factor
     assert count_decoder_macs(student.vae_decoder, 16, 16) < 0.5 * count_decoder_macs(teacher.vae, 16, 16)
+    config = json.loads((ROOT / "training" / "configs" / "mini.json").read_text())
+    stage = next(s["args"] for s in config["stages"] if s["name"] == "student")
+    dec = student.vae_decoder.config
+    assert ",".join(map(str, dec.block_out_channels)) == stage["channels"]
+    assert ",".join(map(str, dec.layers_per_block)) == stage["layers"]
     assert isinstance(student.unet, EfficientUNet2DConditionModel)
     # the student's UNet is smaller than the teacher's; both read the same text encoder and latent space
     assert sum(p.numel() for p in student.unet.parameters()) < sum(p.numel() for p in teacher.unet.parameters())
