@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 
 from pipelines import PixelShuffleVAEDecoder
-from pipelines.vae_compressed import with_plain_resnet_blocks
 from pipelines.profiling import count_decoder_macs, count_decoder_params
+from pipelines.vae_compressed import with_plain_resnet_blocks
 from training.decoder import pixel_shuffle_layout
 
 from . import common

@@ -165,8 +165,8 @@ class PixelShuffleVAEDecoder(ModelMixin, ConfigMixin):
     ``scaling_factor``).
 
     ``block_type``: ``"resnet"``, diffusers' ``ResnetBlock2D`` (GroupNorm, SiLU, conv, twice; run by
-    ``plain_resnet_forward``) and a GroupNorm before the last conv; or ``"residual_conv"``, ``x + conv(silu(conv(x)))`` with no normalization, as in EDSR's
-    super-resolution blocks (Lim et al., 2017). At 64x64 the norms take about 30% of the decoder's time
+    ``plain_resnet_forward``) and a GroupNorm before the last conv; or ``"residual_conv"``,
+    ``x + conv(silu(conv(x)))`` with no normalization, as in EDSR's super-resolution blocks (Lim et al., 2017). At 64x64 the norms take about 30% of the decoder's time
     (``python -m benchmarks.decoder_layouts``).
     """
 
