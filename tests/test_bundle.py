@@ -114,3 +114,12 @@ def test_model_card_quotes_the_shipped_evaluation(pipes, name):
     # the recommended guidance (the app's default) is the evaluated scale with the best alignment
     assert pipes[name].config.default_guidance_scale == pytest.approx(best["guidance"])
     assert "python -m training.recipe" in card and "s per image" in card
+
+
+def test_student_card_states_the_quality_targets_from_the_shipped_evaluations():
+    from training.model_card import quality_targets
+
+    card = (BUNDLE / "student" / "README.md").read_text()
+    student, teacher = (json.loads((BUNDLE / "eval" / f"{n}.json").read_text()) for n in ("student", "teacher"))
+    for row in quality_targets(student, teacher):
+        assert row in card

@@ -492,6 +492,23 @@ def test_ship_bundle_one_model(tmp_path):
     assert r.returncode == 2 and "--models must name teacher and/or student" in r.stderr
 
 
+def test_model_card_quality_targets_use_each_models_best_guidance():
+    from training.model_card import quality_targets
+
+    def ev(rows, k=2000):
+        return {"num_images": k, "seed": 0, "floor_fid": 37.4, "steps": 8,
+                "results": [{"guidance": g, "alignment": a, "fid": f} for g, a, f in rows]}  # fmt: skip
+
+    teacher = ev([(2.0, 0.895, 240.0), (3.5, 0.897, 257.0)])  # lowest FID at 2, best alignment at 3.5
+    rows = quality_targets(ev([(2.5, 0.90, 260.0), (4.0, 0.88, 380.0)]), teacher)
+    assert "260.0 at 2.5 = 1.083x | 240.0 at 2 | met" in rows[2]
+    assert "0.8770 | 0.9000 at 2.5 | 0.8970 at 3.5 | met" in rows[3]
+    rows = quality_targets(ev([(2.5, 0.87, 270.0)]), teacher)  # 1.125x: judged against 240, not 257
+    assert rows[2].endswith("| **missed** |") and rows[3].endswith("| **missed** |")
+    with pytest.raises(ValueError, match="num_images"):
+        quality_targets(ev([(2.5, 0.9, 250.0)], k=256), teacher)
+
+
 def test_model_card_quotes_stages_missing_from_the_recipe():
     from training.model_card import card_stage_lines
 

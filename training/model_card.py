@@ -38,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="timed generations for seconds per image")
     p.add_argument("--teacher", default=None, help="student role: the teacher folder, to measure the compressed "
                    "decoder against its full decoder on fresh latents")  # fmt: skip
+    p.add_argument("--teacher-eval", default=None, help="student role: the teacher's evaluation JSON (same K and "
+                   "seed), to write the student's quality targets against the teacher's best FID and alignment")  # fmt: skip
     p.add_argument("--quote-missing", action="store_true", help="for a --stages entry whose folder is not in "
                    "--recipe (a model re-shipped with one stage retrained), quote that stage's line from the card "
                    "being replaced, marked as quoted")  # fmt: skip
@@ -116,6 +118,34 @@ def decoder_report(student, teacher, num_latents: int = 64, steps: int = 20, gui
             "repeats": repeats}  # fmt: skip
 
 
+def quality_targets(student_eval: dict, teacher_eval: dict, fid_ratio: float = 1.1, alignment_gap: float = 0.02):
+    """The bundle issue's student targets from two ``training.evaluate`` JSONs, each model at its best guidance:
+    student FID <= ``fid_ratio`` x the teacher's lowest FID, student alignment >= the teacher's best - gap.
+    Returns markdown table rows; both evaluations must share K, seed and the true-vs-true floor."""
+    for key in ("num_images", "seed", "floor_fid"):
+        if student_eval.get(key) != teacher_eval.get(key):
+            raise ValueError(f"the student's and the teacher's evaluations differ in {key} "
+                             f"({student_eval.get(key)!r} vs {teacher_eval.get(key)!r}); evaluate both alike.")  # fmt: skip
+    if not student_eval["results"] or not teacher_eval["results"]:
+        raise ValueError("an evaluation JSON has no results.")
+    t_fid = min(teacher_eval["results"], key=lambda r: r["fid"])
+    t_align = max(teacher_eval["results"], key=lambda r: r["alignment"])
+    s_fid = min(student_eval["results"], key=lambda r: r["fid"])
+    s_align = max(student_eval["results"], key=lambda r: r["alignment"])
+    ratio = s_fid["fid"] / t_fid["fid"]
+    floor = t_align["alignment"] - alignment_gap
+    met = {True: "met", False: "**missed**"}
+    return [
+        "| target | student (best guidance) | teacher (best guidance) | |",
+        "|---|---|---|---|",
+        f"| FID <= {fid_ratio:g}x the teacher's lowest | {s_fid['fid']:.1f} at {s_fid['guidance']:g} = "
+        f"{ratio:.3f}x | {t_fid['fid']:.1f} at {t_fid['guidance']:g} | {met[ratio <= fid_ratio]} |",
+        f"| alignment >= the teacher's best - {alignment_gap:g} = {floor:.4f} | {s_align['alignment']:.4f} at "
+        f"{s_align['guidance']:g} | {t_align['alignment']:.4f} at {t_align['guidance']:g} | "
+        f"{met[s_align['alignment'] >= floor]} |",
+    ]
+
+
 def decoder_phrase(pipe) -> str:
     """'50%-pruned VAE decoder' style wording from the kept widths (compressed vs the pipeline's full VAE), or the
     pixel-shuffle decoder's stages."""
@@ -141,6 +171,14 @@ def main(args):
     out = Path(args.model) / "README.md"
     if out.exists() and not args.overwrite:
         raise StageError(f"{out} exists; pass --overwrite to replace it.")
+    if args.teacher_eval:  # checked before the timed runs
+        if args.role != "student" or not args.eval:
+            raise StageError("--teacher-eval needs --role student and the student's --eval.")
+        teacher_ev = json.loads(Path(args.teacher_eval).read_text())
+        try:
+            target_rows = quality_targets(json.loads(Path(args.eval).read_text()), teacher_ev)
+        except ValueError as e:
+            raise StageError(str(e)) from None
     previous = card_stage_lines(out.read_text()) if args.quote_missing and out.exists() else {}
     pipe = load_stage_pipeline(args.model, "--model")
     unet = pipe.unet
@@ -218,6 +256,17 @@ def main(args):
               for r in ev["results"]],
             "",
         ]  # fmt: skip
+    if args.teacher_eval:
+        scales = ", ".join(format(r["guidance"], "g") for r in teacher_ev["results"])
+        lines += [
+            "## Against the teacher (quality targets)",
+            "",
+            f"Each model at its best evaluated guidance; the teacher's evaluation ({args.teacher_eval}): "
+            f"{teacher_ev['steps']} steps, K = {teacher_ev['num_images']}, guidance {scales}.",
+            "",
+            *target_rows,
+            "",
+        ]
     if args.recipe:
         lines += ["## Training", "", f"Reproduce: `{args.command}`; bundle/README.md lists every step.", ""]
         recipe = Path(args.recipe)
