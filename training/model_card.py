@@ -171,12 +171,13 @@ def main(args):
     out = Path(args.model) / "README.md"
     if out.exists() and not args.overwrite:
         raise StageError(f"{out} exists; pass --overwrite to replace it.")
+    ev = json.loads(Path(args.eval).read_text()) if args.eval else None
     if args.teacher_eval:  # checked before the timed runs
         if args.role != "student" or not args.eval:
             raise StageError("--teacher-eval needs --role student and the student's --eval.")
         teacher_ev = json.loads(Path(args.teacher_eval).read_text())
         try:
-            target_rows = quality_targets(json.loads(Path(args.eval).read_text()), teacher_ev)
+            target_rows = quality_targets(ev, teacher_ev)
         except ValueError as e:
             raise StageError(str(e)) from None
     previous = card_stage_lines(out.read_text()) if args.quote_missing and out.exists() else {}
@@ -241,8 +242,7 @@ def main(args):
             f"{d['full_plain_ms']:.2f} ms: {d['speedup_vs_plain']:.2f}x.",
             "",
         ]
-    if args.eval:
-        ev = json.loads(Path(args.eval).read_text())
+    if ev is not None:
         lines += [
             "## Quality (toy-world metrics, `training.evaluate`)",
             "",
