@@ -25,9 +25,9 @@ import tempfile
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from diffusers import DDIMScheduler
 from pipelines import CompressedVAEDecoder, SnapFusionPipeline
 from pipelines.profiling import count_decoder_macs, count_decoder_params, count_macs, count_params
+from pipelines.schedulers import ddim_scheduler
 from pipelines.tokenizer import build_clip_tokenizer
 
 from . import common
@@ -86,19 +86,6 @@ def parse_args(argv=None):
     return common.parse(p, argv)
 
 
-def scheduler() -> DDIMScheduler:
-    """SD-v1.5's DDIM schedule (the schedule does not change the cost of a step)."""
-    return DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-
-
 def build_pipelines(args, tok_dir: str) -> dict[str, tuple[str, SnapFusionPipeline]]:
     tokenizer = build_clip_tokenizer(PROMPT.split(), tok_dir, model_max_length=77)
     vocab = tokenizer.get_vocab()
@@ -114,7 +101,7 @@ def build_pipelines(args, tok_dir: str) -> dict[str, tuple[str, SnapFusionPipeli
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=common.preset_unet("sd15", args.quick, args.seed),
-        scheduler=scheduler(),
+        scheduler=ddim_scheduler(spacing="leading"),  # SD-v1.5's shipped schedule; a step costs the same
         default_num_inference_steps=args.sd_steps,
         default_guidance_scale=args.guidance,
     )
@@ -123,7 +110,7 @@ def build_pipelines(args, tok_dir: str) -> dict[str, tuple[str, SnapFusionPipeli
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=common.preset_unet("snapfusion", args.quick, args.seed),
-        scheduler=scheduler(),
+        scheduler=ddim_scheduler(spacing="leading"),  # SD-v1.5's shipped schedule; a step costs the same
         vae_decoder=pruned,
         default_num_inference_steps=args.sf_steps,
         default_guidance_scale=args.guidance,

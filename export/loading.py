@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import os
-import re
-
 import torch
 
 from pipelines import CompressedVAEDecoder, EfficientUNet2DConditionModel, SnapFusionPipeline
+from pipelines.loading import ModelLoadError, load_pipeline
 
 from .errors import ExportError
 from .options import COMPONENTS
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 # The folders each component is loaded from; the decoder comes from `vae_decoder` if present, else `vae`.
-_FOLDERS = {"text_encoder": (("text_encoder", "tokenizer"),), "unet": (("unet",),),
-            "vae_decoder": (("vae_decoder",), ("vae",))}  # fmt: skip
+_REQUIRED = {"text_encoder": ("text_encoder", "tokenizer"), "unet": ("unet",), "vae_decoder": (("vae_decoder", "vae"),)}
 
 # Full-size presets for size / conversion-time measurements: random weights, placeholder tokenizer vocabulary.
 PRESETS = {
@@ -28,54 +23,14 @@ PRESETS = {
 }
 
 
-def _check_folder(path: str, components) -> None:
-    index = os.path.join(path, "model_index.json")
-    if not os.path.isfile(index):
-        raise ExportError(f"{path} is not a diffusers pipeline folder: it has no model_index.json.")
-    try:
-        with open(index) as f:
-            listed = json.load(f)
-    except ValueError as e:
-        raise ExportError(f"{index} is not valid JSON ({e}).") from None
-
-    def present(folder: str) -> bool:
-        entry = listed.get(folder)
-        return bool(entry) and entry[0] is not None and os.path.isdir(os.path.join(path, folder))
-
-    for name in components:
-        options = _FOLDERS[name]
-        if not any(all(present(f) for f in folders) for folders in options):
-            need = " or ".join("+".join(f"{f}/" for f in folders) for folders in options)
-            raise ExportError(f"{path} has no '{name}' component to export (needs {need} listed in model_index.json).")
-
-
 def load_pipeline_for_export(model: str, components=COMPONENTS) -> SnapFusionPipeline:
-    """Load ``model`` (a local diffusers folder, or a Hub id passed to ``from_pretrained``) on the CPU in float32,
-    safetensors only; every failure is an ``ExportError`` with a one-line message."""
-    path = os.path.expanduser(model)
-    if os.path.exists(path):
-        if not os.path.isdir(path):
-            raise ExportError(f"{model} is a file; pass a diffusers pipeline folder (with model_index.json).")
-        _check_folder(path, components)
-        source, local = path, True
-    elif _HUB_ID.match(model):
-        source, local = model, False
-    else:
-        raise ExportError(f"{model!r} is neither an existing folder nor a Hugging Face Hub id ('owner/name').")
+    """Load ``model`` (a local diffusers folder or a Hub id) on the CPU in float32 with ``pipelines.loading``, checking
+    that the folders of ``components`` are there; every failure is an ``ExportError`` with a one-line message."""
+    required = [need for name in components for need in _REQUIRED[name]]
     try:
-        pipe = SnapFusionPipeline.from_pretrained(source, use_safetensors=True, torch_dtype=torch.float32)
-    except Exception as e:  # noqa: BLE001 - hub, network, cache and config errors all end here
-        first = (str(e).splitlines() or [""])[0][:200]
-        if local:
-            raise ExportError(f"Could not load a pipeline from {path}: {type(e).__name__}: {first}") from None
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-        raise ExportError(
-            f"Could not load {model!r} from the Hugging Face Hub ({type(e).__name__}"
-            f"{'; HF_HUB_OFFLINE is set' if offline else ''}). Download it on a connected machine and pass the "
-            "local folder instead."
-        ) from None
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+        return load_pipeline(model, device="cpu", dtype="fp32", required=required)
+    except ModelLoadError as e:
+        raise ExportError(str(e)) from None
 
 
 def preset_pipeline(name: str) -> SnapFusionPipeline:
@@ -86,7 +41,8 @@ def preset_pipeline(name: str) -> SnapFusionPipeline:
         raise ExportError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from pipelines.tiny import TINY_WORDS, tiny_scheduler, tiny_tokenizer
+    from pipelines.schedulers import ddim_scheduler
+    from pipelines.tiny import TINY_WORDS, tiny_tokenizer
 
     p = PRESETS[name]
     torch.manual_seed(0)
@@ -102,7 +58,7 @@ def preset_pipeline(name: str) -> SnapFusionPipeline:
     decoder = CompressedVAEDecoder(block_out_channels=p["decoder_channels"], norm_num_groups=32).eval()
     pipe = SnapFusionPipeline(
         vae=None, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=tiny_scheduler(p["prediction_type"]), vae_decoder=decoder,
+        scheduler=ddim_scheduler(p["prediction_type"]), vae_decoder=decoder,
         default_num_inference_steps=p["steps"], default_guidance_scale=p["guidance"],
     )  # fmt: skip
     pipe.register_to_config(_name_or_path=f"preset:{name} (random weights; {len(TINY_WORDS)}-word placeholder vocab)")

@@ -20,6 +20,8 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput, logging
 
+from .timing import Timer
+
 logger = logging.get_logger(__name__)
 
 
@@ -30,28 +32,6 @@ class SnapFusionPipelineOutput(BaseOutput):
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     nsfw_content_detected: list[bool] | None = None
     timings: dict[str, Any] = field(default_factory=dict)
-
-
-class _Timer:
-    """Wall-clock milliseconds of a block, synchronising CUDA so GPU work is counted where it happens."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-
-    def _sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        elif self.device.type == "mps":
-            torch.mps.synchronize()
-
-    def __enter__(self):
-        self._sync()
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self._sync()
-        self.ms = (time.perf_counter() - self.start) * 1000.0
 
 
 class SnapFusionPipeline(DiffusionPipeline):
@@ -235,7 +215,7 @@ class SnapFusionPipeline(DiffusionPipeline):
         t_total = time.perf_counter()
 
         # 1. encode prompt
-        with _Timer(device) as t:
+        with Timer(device) as t:
             prompt_embeds = self.encode_prompt(prompts, device, num_images_per_prompt, do_cfg, negatives)
         timings["text_encoder_ms"] = t.ms
 
@@ -260,7 +240,7 @@ class SnapFusionPipeline(DiffusionPipeline):
             for i, t_step in enumerate(timesteps):
                 if self._interrupt:
                     break
-                with _Timer(device) as t:
+                with Timer(device) as t:
                     model_in = torch.cat([latents] * 2) if do_cfg else latents
                     model_in = self.scheduler.scale_model_input(model_in, t_step)
                     out = self.unet(model_in, t_step, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
@@ -287,7 +267,7 @@ class SnapFusionPipeline(DiffusionPipeline):
             image = latents
             timings["decoder_ms"] = 0.0
         else:
-            with _Timer(device) as t:
+            with Timer(device) as t:
                 decoder = self.vae_decoder if self.vae_decoder is not None else self.vae
                 image = self.decode_latents(latents.to(decoder.dtype))
             timings["decoder_ms"] = t.ms

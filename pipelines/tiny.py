@@ -7,9 +7,10 @@ import tempfile
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from .pipeline_snapfusion import SnapFusionPipeline
+from .schedulers import ddim_scheduler
 from .tokenizer import build_clip_tokenizer
 from .unet_efficient import EfficientUNet2DConditionModel
 from .vae_compressed import CompressedVAEDecoder, PixelShuffleVAEDecoder
@@ -61,13 +62,6 @@ def tiny_efficient_unet(seed: int = 0, preset: str = "snapfusion", channels=(8, 
     ).eval()  # fmt: skip
 
 
-def tiny_scheduler(prediction_type: str = "epsilon", timestep_spacing: str = "trailing"):
-    return DDIMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        clip_sample=False, set_alpha_to_one=True, prediction_type=prediction_type, timestep_spacing=timestep_spacing,
-    )  # fmt: skip
-
-
 def tiny_components(seed: int = 0, unet: str = "efficient", compressed_decoder: bool | str = False,
                     prediction_type: str = "epsilon") -> dict:  # fmt: skip
     """Components for ``SnapFusionPipeline(**components)``: 32x32 images, 16x16 latents.
@@ -94,7 +88,7 @@ def tiny_components(seed: int = 0, unet: str = "efficient", compressed_decoder: 
     elif compressed_decoder:
         vae_decoder = CompressedVAEDecoder.from_vae(vae, 0.5)
     return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=net,
-                scheduler=tiny_scheduler(prediction_type), vae_decoder=vae_decoder)  # fmt: skip
+                scheduler=ddim_scheduler(prediction_type), vae_decoder=vae_decoder)  # fmt: skip
 
 
 def tiny_pipeline(seed: int = 0, **kwargs) -> SnapFusionPipeline:

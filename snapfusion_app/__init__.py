@@ -1,5 +1,8 @@
-"""The app's logic: model loading, generation with timings, the CLI (and the Gradio UI helpers)."""
+"""The SnapFusion app: model loading defaults, the Gradio UI and the command line."""
 
-from .loading import DEFAULT_STUDENT, DEFAULT_TEACHER, ModelLoadError, load_pipeline, pick_device
+from pipelines.devices import pick_device
+from pipelines.loading import ModelLoadError, load_pipeline
+
+from .loading import DEFAULT_STUDENT, DEFAULT_TEACHER
 
 __all__ = ["DEFAULT_STUDENT", "DEFAULT_TEACHER", "ModelLoadError", "load_pipeline", "pick_device"]

@@ -353,8 +353,8 @@ def test_bad_options_are_refused_before_writing(small_pipe, tmp_path, kwargs, me
 
 @pytest.mark.parametrize("component, remove, message", [
     ("unet", ["unet"], "no 'unet' component"),
-    ("vae_decoder", ["vae"], "no 'vae_decoder' component"),
-    ("text_encoder", ["tokenizer"], "no 'text_encoder' component"),
+    ("vae_decoder", ["vae"], "no 'vae_decoder' or 'vae' component"),
+    ("text_encoder", ["tokenizer"], "no 'tokenizer' component"),
 ])  # fmt: skip
 def test_model_folder_without_component(model_dirs, tmp_path, component, remove, message):
     folder = tmp_path / "model"

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from pipelines import SnapFusionPipeline, format_timings
-from pipelines.tiny import tiny_components, tiny_pipeline, tiny_scheduler
+from pipelines.schedulers import ddim_scheduler
+from pipelines.tiny import tiny_components, tiny_pipeline
 from snapfusion_app import ModelLoadError, load_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +47,7 @@ def test_compressed_decoder_is_used():
 def test_epsilon_and_v_prediction_through_scheduler_config():
     comps = tiny_components(0)
     eps = _run(SnapFusionPipeline(**comps)).images
-    comps["scheduler"] = tiny_scheduler("v_prediction")
+    comps["scheduler"] = ddim_scheduler("v_prediction")
     v = _run(SnapFusionPipeline(**comps)).images
     assert np.abs(eps - v).max() > 1e-3
 
@@ -147,7 +148,7 @@ def test_long_prompt_truncates_and_warns_once(tiny_pipe, caplog):
 
 
 def test_loading_errors(tmp_path):
-    with pytest.raises(ModelLoadError, match="neither an existing folder nor a Hub id"):
+    with pytest.raises(ModelLoadError, match="neither an existing folder nor a Hugging Face Hub id"):
         load_pipeline(str(tmp_path / "nope" / "deeper"))
     with pytest.raises(ModelLoadError, match="no model_index.json"):
         load_pipeline(str(tmp_path))

@@ -12,7 +12,8 @@ import PIL.Image
 import pytest
 import torch
 
-from pipelines.tiny import tiny_components, tiny_pipeline, tiny_scheduler
+from pipelines.schedulers import ddim_scheduler
+from pipelines.tiny import tiny_components, tiny_pipeline
 from training.common import StageError
 from training.distill import alpha_sigma, ddim_step, distill_target, distillation_loss, step_grids, to_v
 
@@ -30,7 +31,7 @@ def _run(module, *args, timeout=600):
 
 def test_distillation_target_matches_two_ddim_steps():
     torch.manual_seed(0)
-    sched = tiny_scheduler("v_prediction")
+    sched = ddim_scheduler("v_prediction")
     ac = sched.alphas_cumprod.double()
     teacher, student = step_grids(sched.config, 16, 8)
     assert teacher[::2] == student and len(student) == 8
@@ -58,9 +59,9 @@ def test_to_v_and_grids_validation():
     zt = a * x0 + s * eps
     assert torch.allclose(to_v(eps, zt, a, s, "epsilon"), a * eps - s * x0, atol=1e-5)
     with pytest.raises(StageError, match="must divide"):
-        step_grids(tiny_scheduler().config, 16, 6)
+        step_grids(ddim_scheduler().config, 16, 6)
     with pytest.raises(StageError, match="must divide"):
-        step_grids(tiny_scheduler().config, 8, 8)
+        step_grids(ddim_scheduler().config, 8, 8)
 
 
 # ---------------------------------------------------------------------- learning is real
@@ -233,7 +234,7 @@ def _jpeg(i):
 def saved_teacher(tmp_path_factory):
     d = tmp_path_factory.mktemp("teacher")
     pipe = tiny_pipeline(0)
-    pipe.scheduler = tiny_scheduler("v_prediction")
+    pipe.scheduler = ddim_scheduler("v_prediction")
     pipe.save_pretrained(d)
     return d
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from diffusers import AutoencoderKL, DDIMScheduler
+from diffusers import AutoencoderKL
 from pipelines import EfficientUNet2DConditionModel, SnapFusionPipeline
+from pipelines.schedulers import ddim_scheduler
 from pipelines.tokenizer import build_clip_tokenizer
 
 from .common import StageError
@@ -30,17 +31,6 @@ MODEL_PRESETS = {
         max_length=24,
     ),
 }
-
-
-def make_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
-    """SD-v1.5's noise schedule with DDIM 'trailing' spacing, so 2N-step and N-step grids nest (distillation)."""
-    if prediction_type not in ("epsilon", "v_prediction"):
-        raise StageError(f"prediction type {prediction_type!r} is not supported; use epsilon or v_prediction.")
-    return DDIMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        clip_sample=False, set_alpha_to_one=True, steps_offset=0, timestep_spacing="trailing",
-        prediction_type=prediction_type,
-    )  # fmt: skip
 
 
 def build_from_scratch(preset: str, resolution: int, vocabulary: list[str], prediction_type: str, seed: int = 0):
@@ -67,7 +57,7 @@ def build_from_scratch(preset: str, resolution: int, vocabulary: list[str], pred
         "sd15", sample_size=resolution // factor, cross_attention_dim=p["text"]["hidden_size"], **p["unet"]
     )
     return dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, unet=unet,
-                scheduler=make_scheduler(prediction_type))  # fmt: skip
+                scheduler=ddim_scheduler(prediction_type))  # fmt: skip
 
 
 def load_stage_pipeline(path: str, what: str = "model") -> SnapFusionPipeline:

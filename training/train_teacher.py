@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from pipelines import EfficientUNet2DConditionModel, SnapFusionPipeline
+from pipelines.schedulers import ddim_scheduler
 
 from .common import (
     StageError, add_common_args, make_accelerator, make_ema, make_lr_scheduler, make_optimizer,
@@ -29,7 +30,7 @@ from .common import (
 )  # fmt: skip
 from .common import optimizer_step
 from .data import add_data_args, infinite, make_dataloader, make_dataset
-from .models import build_from_scratch, load_stage_pipeline, make_scheduler
+from .models import build_from_scratch, load_stage_pipeline
 
 STAGE = "train_teacher"
 
@@ -258,7 +259,7 @@ def train_denoiser(args, stage: str, block_keep_prob: float = 1.0, components: d
     if vae is None:
         raise StageError("Denoiser training needs the full VAE (encoder) to make latents; this folder has none.")
     prediction_type = args.prediction_type or components["scheduler"].config.prediction_type
-    scheduler = make_scheduler(prediction_type) if from_scratch else components["scheduler"]
+    scheduler = ddim_scheduler(prediction_type) if from_scratch else components["scheduler"]
     if scheduler.config.prediction_type != prediction_type:
         scheduler = type(scheduler).from_config(scheduler.config, prediction_type=prediction_type)
     # from scratch, the text encoder is pre-trained on captions, then frozen
