@@ -2,6 +2,6 @@
 
 Each module is a script (``python -m benchmarks.<name> [--quick]``) that writes ``<out>/benchmarks/<name>.json``,
 ``<name>.md`` and PNG plots; ``python -m benchmarks.run_all`` runs them all and assembles ``<out>/benchmarks.md``.
-Benchmarks import from ``pipelines`` (and ``snapfusion_app`` / ``export`` to load what those produce); nothing
-imports from here.
+Benchmarks import from ``pipelines`` (``decoder_layouts`` also parses layouts with ``training.decoder``;
+``export_sizes`` checks that ``export`` imports); nothing imports from here.
 """

@@ -9,12 +9,14 @@ import os
 import shlex
 import statistics
 import sys
-import time
 from typing import Callable
 
 import torch
 
+from pipelines import devices
+from pipelines.devices import dtype_name
 from pipelines.latency import host_description
+from pipelines.timing import time_ms
 
 DEFAULT_OUT = "docs"
 # Section order of docs/benchmarks.md; each name is a script benchmarks/<name>.py.
@@ -23,7 +25,6 @@ QUICK_NOTE = (
     "**Quick mode** (`--quick`): tiny widths and small latents, a smoke test of the script. "
     "These numbers say nothing about the real models."
 )
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 # ---------------------------------------------------------------------------------------------- arguments
@@ -59,10 +60,10 @@ def parser(name: str, description: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true", help="tiny widths and small latents (smoke test, minutes -> s)")
     p.add_argument("--overwrite", action="store_true", help="replace this benchmark's existing outputs")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda", "mps"], help="default: cuda, else mps, else cpu")
     p.add_argument(
-        "--device", default=None, choices=["cpu", "cuda", "mps"], help="default: cuda if available, else cpu"
+        "--dtype", default=None, choices=sorted(devices.DTYPES), help="default: fp16 on cuda/mps, fp32 on cpu"
     )
-    p.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default: fp16 on cuda/mps, fp32 on cpu")
     p.add_argument(
         "--threads",
         type=positive_int,
@@ -96,17 +97,11 @@ def fail(message: str) -> None:
 
 
 def pick_device(args) -> tuple[torch.device, torch.dtype]:
-    name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        fail("--device cuda was given but CUDA is not available here; use --device cpu.")
-    if name == "mps" and not torch.backends.mps.is_available():
-        fail("--device mps was given but MPS is not available here; use --device cpu.")
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.float32 if name == "cpu" else torch.float16)
-    return torch.device(name), dtype
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
+    """``pipelines.devices.pick_device`` for ``--device`` / ``--dtype``; a device this machine lacks exits 2."""
+    try:
+        return devices.pick_device(args.device, args.dtype)
+    except ValueError as e:
+        fail(str(e))
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -150,22 +145,6 @@ def preset_unet(name: str, quick: bool, seed: int):
 
 
 # ---------------------------------------------------------------------------------------------- timing
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-def time_ms(fn: Callable[[], object], device: torch.device) -> float:
-    """Wall-clock milliseconds of one call, synchronising the accelerator before and after."""
-    sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    return (time.perf_counter() - t0) * 1000.0
 
 
 def interleaved(

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from pipelines import PixelShuffleVAEDecoder
+from pipelines.devices import DTYPES
 from pipelines.profiling import count_decoder_macs, count_decoder_params
 from pipelines.vae_compressed import with_plain_resnet_blocks
 from training.decoder import pixel_shuffle_layout
@@ -48,8 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--norm-groups", type=common.positive_int, default=8, help="GroupNorm groups (resnet blocks)")
     p.add_argument("--warmup", type=common.nonneg_int, default=1, help="interleaved warm-up rounds")
     p.add_argument("--repeats", type=common.positive_int, default=100, help="interleaved timed rounds (median)")
-    p.add_argument("--device", default=None, choices=["cpu", "cuda", "mps"], help="default: cuda if available")
-    p.add_argument("--dtype", default=None, choices=sorted(common.DTYPES), help="default: fp16 on cuda/mps, fp32 "
+    p.add_argument("--device", default=None, choices=["cpu", "cuda", "mps"], help="default: cuda, else mps, else cpu")
+    p.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default: fp16 on cuda/mps, fp32 "
                    "on cpu")  # fmt: skip
     p.add_argument("--threads", type=common.positive_int, default=None, help="torch intra-op threads")
     p.add_argument("--seed", type=int, default=0, help="seed of the untrained decoders' weights")

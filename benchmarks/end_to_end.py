@@ -26,6 +26,7 @@ import torch
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from pipelines import CompressedVAEDecoder, SnapFusionPipeline
+from pipelines.loading import ModelLoadError, load_pipeline
 from pipelines.profiling import count_decoder_macs, count_decoder_params, count_macs, count_params
 from pipelines.schedulers import ddim_scheduler
 from pipelines.tokenizer import build_clip_tokenizer
@@ -187,8 +188,6 @@ def bundle_section(args, device) -> dict:
             "steps": steps,
             "reason": f"{' and '.join(missing)} not found (no trained bundle yet).",
         }
-    from snapfusion_app.loading import ModelLoadError, load_pipeline
-
     try:
         pipes = {
             "teacher": (teacher, load_pipeline(teacher, device=device.type, dtype=args.dtype)),

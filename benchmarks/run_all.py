@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 
+from pipelines.devices import DTYPES
+
 from . import common, report
 from .common import Outputs
 
@@ -31,7 +33,7 @@ def parse_args(argv=None):
     p.add_argument("--only", default=None, help=f"comma-separated sections out of {','.join(common.SECTIONS)}")
     p.add_argument("--skip", default=None, help="comma-separated sections to leave out")
     p.add_argument("--device", default=None, choices=["cpu", "cuda", "mps"])
-    p.add_argument("--dtype", default=None, choices=sorted(common.DTYPES))
+    p.add_argument("--dtype", default=None, choices=sorted(DTYPES))
     p.add_argument("--threads", type=common.positive_int, default=None)
     p.add_argument("--repeats", type=common.positive_int, default=None, help="UNet / decoder timed rounds (5)")
     p.add_argument("--warmup", type=common.nonneg_int, default=None, help="warm-up rounds / calls (1)")

@@ -32,6 +32,8 @@ import torch
 from torch import nn
 
 from pipelines.latency import host_description
+from pipelines.psnr import psnr
+from pipelines.timing import time_ms
 
 from .attention import attention_variant
 from .errors import ExportError
@@ -178,21 +180,13 @@ def _runtime_missing_reason() -> str:
 # ---------------------------------------------------------------------------------------------- numerics
 
 
-def psnr(reference: np.ndarray, test: np.ndarray) -> float:
-    """PSNR in dB of ``test`` against ``reference``, peak = max |reference| (apple's ``compute_psnr``)."""
-    reference = np.asarray(reference, dtype=np.float64)
-    test = np.asarray(test, dtype=np.float64)
-    if reference.shape != test.shape:
-        raise ExportError(f"output shape {test.shape} differs from the reference's {reference.shape}.")
-    rmse = float(np.sqrt(np.mean((reference - test) ** 2)))
-    if not np.isfinite(rmse):
-        return float("-inf")
-    return float(20 * np.log10((np.abs(reference).max() + 1e-5) / (rmse + 1e-10)))
-
-
 def _check(component: str, what: str, references: list[np.ndarray], outputs: list[np.ndarray],
            names: tuple[str, ...], min_psnr: float) -> dict:  # fmt: skip
-    per_output = {n: round(psnr(r, o), 2) for n, r, o in zip(names, references, outputs)}
+    per_output = {}
+    for n, r, o in zip(names, references, outputs):
+        if r.shape != o.shape:
+            raise ExportError(f"{component}: output {n} has shape {o.shape}; the reference's is {r.shape}.")
+        per_output[n] = round(psnr(r, o), 2)  # peak = max |reference| (apple's compute_psnr)
     worst = min(per_output.values())
     result = {"ran": True, "what": what, "psnr_db": worst, "per_output_psnr_db": per_output,
               "threshold_db": min_psnr, "passed": bool(worst >= min_psnr)}  # fmt: skip
@@ -215,16 +209,15 @@ def _to_numpy(outputs) -> list[np.ndarray]:
 
 def median_ms(fn: Callable[[], object], warmup: int = 1, min_runs: int = 3, max_runs: int = 10,
               budget_s: float = 20.0) -> tuple[float, int]:  # fmt: skip
-    """Median wall-clock milliseconds of ``fn()`` after ``warmup`` calls: at least ``min_runs`` runs, more (up to
-    ``max_runs``) while the total stays within ``budget_s``. Returns (median ms, runs)."""
+    """Median wall-clock milliseconds of ``fn()`` (``pipelines.timing.time_ms``, on the CPU) after ``warmup`` calls:
+    at least ``min_runs`` runs, more (up to ``max_runs``) while the total stays within ``budget_s``. Returns
+    (median ms, runs)."""
     for _ in range(warmup):
         fn()
     times = []
     start = time.perf_counter()
     while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < budget_s):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000.0)
+        times.append(time_ms(fn))
     return float(np.median(times)), len(times)
 
 
@@ -466,5 +459,5 @@ CONVERTERS = {"text_encoder": convert_text_encoder, "unet": convert_unet, "vae_d
 
 __all__ = [
     "CONVERTERS", "MIN_PSNR_DB", "UNET_BATCH", "ComponentReport", "ConvertOptions", "convert_text_encoder",
-    "convert_unet", "convert_vae_decoder", "coreml_runtime_available", "import_coremltools", "median_ms", "psnr",
+    "convert_unet", "convert_vae_decoder", "coreml_runtime_available", "import_coremltools", "median_ms",
 ]  # fmt: skip

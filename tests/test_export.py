@@ -322,11 +322,16 @@ def test_kmeans_palettization():
     assert np.array_equal(lut[idx], few)
 
 
-def test_psnr_follows_apples_definition():
+def test_numeric_check_uses_apples_psnr():
     ref = np.array([1.0, -2.0, 0.5])
-    assert convert.psnr(ref, ref) > 150
-    noisy = ref + np.array([0.02, -0.02, 0.02])
-    assert convert.psnr(ref, noisy) == pytest.approx(20 * np.log10(2.0 / 0.02), abs=1e-3)
+    noisy = ref + np.array([0.02, -0.02, 0.02])  # RMSE 0.02, peak max|ref| = 2: 40.0 dB (with peak 1: 34.0 dB)
+    check = convert._check("unet", "what", [ref, ref], [ref, noisy], ("a", "b"), 35.0)
+    assert check["per_output_psnr_db"]["b"] == 40.0 and check["psnr_db"] == 40.0 and check["passed"] is True
+    assert check["per_output_psnr_db"]["a"] > 150
+    with pytest.raises(ExportError, match=r"unet: numeric check failed \(what\): PSNR 40.0 dB is below the 41 dB"):
+        convert._check("unet", "what", [ref], [noisy], ("b",), 41.0)
+    with pytest.raises(ExportError, match=r"unet: output b has shape \(2,\); the reference's is \(3,\)"):
+        convert._check("unet", "what", [ref], [ref[:2]], ("b",), 35.0)
 
 
 # ---------------------------------------------------------------------------------------------- bad input
