@@ -21,6 +21,8 @@ from pipelines.timing import time_ms
 DEFAULT_OUT = "docs"
 # Section order of docs/benchmarks.md; each name is a script benchmarks/<name>.py.
 SECTIONS = ["unet_step", "vae_decoder", "end_to_end", "quality", "export_sizes"]
+# The plot each section draws: <out>/benchmarks/<section>_<plot>.png.
+PLOTS = {"unet_step": "stages", "vae_decoder": "bars", "end_to_end": "breakdown", "quality": "curve"}
 QUICK_NOTE = (
     "**Quick mode** (`--quick`): tiny widths and small latents, a smoke test of the script. "
     "These numbers say nothing about the real models."
@@ -30,24 +32,23 @@ QUICK_NOTE = (
 # ---------------------------------------------------------------------------------------------- arguments
 
 
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
-    return v
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: the integer in the text, refused (one-line usage error) below ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {v}")
+        return v
+
+    return parse
 
 
-def nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
+positive_int = int_at_least(1)
+nonneg_int = int_at_least(0)
 
 
 def parser(name: str, description: str) -> argparse.ArgumentParser:
@@ -72,6 +73,26 @@ def parser(name: str, description: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     return p
+
+
+def add_sd_measured_steps(p: argparse.ArgumentParser) -> None:
+    """``--sd-measured-steps K`` of ``end_to_end``, also accepted (and passed on) by ``run_all``."""
+    p.add_argument(
+        "--sd-measured-steps",
+        type=positive_int,
+        default=None,
+        metavar="K",
+        help="run only K SD-v1.5 steps and compose its total from measured components (default: run the full loop)",
+    )
+
+
+def parse_reader_args(name: str, description: str, argv, bundle_help: str, flag: str, metavar: str, files_help: str):
+    """Arguments of a section that reads what other tools wrote (nothing timed): the shared ones, ``--bundle`` and
+    a repeatable ``flag`` naming what to read instead of the bundle's default files."""
+    p = parser(name, description)
+    p.add_argument("--bundle", default="bundle", help=bundle_help)
+    p.add_argument(flag, action="append", default=[], metavar=metavar, help=files_help)
+    return parse(p, argv)
 
 
 def setup(args) -> None:
@@ -180,12 +201,13 @@ def summary(samples: list[float]) -> dict:
 class Outputs:
     """The files one benchmark writes: ``<out>/benchmarks/<name>.json``, ``.md`` and named PNGs."""
 
-    def __init__(self, out_dir: str, name: str, pngs: tuple[str, ...] = ()):
+    def __init__(self, out_dir: str, name: str):
         self.dir = os.path.join(out_dir, "benchmarks")
         self.name = name
         self.json = os.path.join(self.dir, f"{name}.json")
         self.md = os.path.join(self.dir, f"{name}.md")
-        self.pngs = {p: os.path.join(self.dir, f"{name}_{p}.png") for p in pngs}
+        plots = [PLOTS[name]] if name in PLOTS else []
+        self.pngs = {p: os.path.join(self.dir, f"{name}_{p}.png") for p in plots}
 
     def all(self) -> list[str]:
         return [self.json, self.md, *self.pngs.values()]
@@ -209,6 +231,20 @@ class Outputs:
         with open(self.md, "w") as f:
             f.write(markdown.rstrip() + "\n")
         print(f"wrote {self.json} and {self.md}")
+
+
+def run_section(name: str, argv, parse_args, run, markdown, plot=None) -> int:
+    """``main`` of a section script: parse ``argv``, refuse to replace outputs without ``--overwrite`` (before any
+    work), ``res = run(args)``, draw ``plot(res, png)`` unless ``res["skipped"]``, write the JSON and markdown."""
+    args = parse_args(argv)
+    setup(args)
+    out = Outputs(args.out_dir, name)
+    out.check(args.overwrite)
+    res = run(args)
+    if plot is not None and not res.get("skipped"):
+        plot(res, out.pngs[PLOTS[name]])
+    out.write(res, markdown(res, out))
+    return 0
 
 
 def header(name: str, args, device: torch.device | None = None, dtype: torch.dtype | None = None) -> dict:
@@ -281,3 +317,12 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: str, title: str | None = None) -> None:
+    """Lay out ``fig`` (under ``title``, if given), write it to ``path`` and free it."""
+    if title is not None:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    pyplot().close(fig)

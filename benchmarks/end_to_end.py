@@ -64,13 +64,7 @@ def parse_args(argv=None):
     )
     p.add_argument("--sd-steps", type=common.positive_int, default=50, help="SD-v1.5 steps (default 50)")
     p.add_argument("--sf-steps", type=common.positive_int, default=8, help="SnapFusion steps (default 8)")
-    p.add_argument(
-        "--sd-measured-steps",
-        type=common.positive_int,
-        default=None,
-        metavar="K",
-        help="run only K SD-v1.5 steps and compose its total from measured components (default: run the full loop)",
-    )
+    common.add_sd_measured_steps(p)
     p.add_argument("--guidance", type=float, default=7.5, help="CFG scale for every run (> 1: batch 2 per step)")
     p.add_argument("--warmup", type=common.nonneg_int, default=1, help="1-step warm-up calls per pipeline")
     p.add_argument("--repeats", type=common.positive_int, default=1, help="timed calls per pipeline (median)")
@@ -97,28 +91,24 @@ def build_pipelines(args, tok_dir: str) -> dict[str, tuple[str, SnapFusionPipeli
     text_encoder = CLIPTextModel(CLIPTextConfig(**(QUICK_CLIP if args.quick else CLIP_L14), **ids)).eval()
     vae = common.sd_vae(args.quick, args.seed)
     pruned = CompressedVAEDecoder.from_vae(vae, 0.5).eval()
-    sd = SnapFusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=common.preset_unet("sd15", args.quick, args.seed),
-        scheduler=ddim_scheduler(spacing="leading"),  # SD-v1.5's shipped schedule; a step costs the same
-        default_num_inference_steps=args.sd_steps,
-        default_guidance_scale=args.guidance,
-    )
-    sf = SnapFusionPipeline(
-        vae=None,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=common.preset_unet("snapfusion", args.quick, args.seed),
-        scheduler=ddim_scheduler(spacing="leading"),  # SD-v1.5's shipped schedule; a step costs the same
-        vae_decoder=pruned,
-        default_num_inference_steps=args.sf_steps,
-        default_guidance_scale=args.guidance,
-    )
+
+    def pipeline(unet: str, steps: int, **decoder) -> SnapFusionPipeline:
+        return SnapFusionPipeline(
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=common.preset_unet(unet, args.quick, args.seed),
+            scheduler=ddim_scheduler(spacing="leading"),  # SD-v1.5's shipped schedule; a step costs the same
+            default_num_inference_steps=steps,
+            default_guidance_scale=args.guidance,
+            **decoder,
+        )
+
     return {
-        "sd15": ("SD-v1.5-sized (sd15 UNet, SD decoder)", sd),
-        "snapfusion": ("SnapFusion-sized (snapfusion UNet, pruned decoder)", sf),
+        "sd15": ("SD-v1.5-sized (sd15 UNet, SD decoder)", pipeline("sd15", args.sd_steps, vae=vae)),
+        "snapfusion": (
+            "SnapFusion-sized (snapfusion UNet, pruned decoder)",
+            pipeline("snapfusion", args.sf_steps, vae=None, vae_decoder=pruned),
+        ),
     }
 
 
@@ -126,31 +116,27 @@ def timed_calls(
     pipes: dict, steps: dict, size: int | None, guidance: float, warmup: int, repeats: int, seed: int
 ) -> dict[str, list[dict]]:
     """``output.timings`` of ``repeats`` calls per pipeline, interleaved, after ``warmup`` 1-step calls each."""
+
+    def timings(pipe, num_steps: int) -> dict:
+        generator = torch.Generator().manual_seed(seed)
+        return pipe(
+            PROMPT,
+            num_inference_steps=num_steps,
+            guidance_scale=guidance,
+            height=size,
+            width=size,
+            output_type="np",
+            generator=generator,
+        ).timings
+
     for r in range(warmup):
         for key, (_, pipe) in pipes.items():
-            t = pipe(
-                PROMPT,
-                num_inference_steps=1,
-                guidance_scale=guidance,
-                height=size,
-                width=size,
-                output_type="np",
-                generator=torch.Generator().manual_seed(seed),
-            ).timings
-            print(f"  warm-up {r + 1}/{warmup} {key}: {t['total_ms']:,.0f} ms")
+            print(f"  warm-up {r + 1}/{warmup} {key}: {timings(pipe, 1)['total_ms']:,.0f} ms")
     runs: dict[str, list[dict]] = {key: [] for key in pipes}
     for r in range(repeats):
         for key, (_, pipe) in pipes.items():
-            t = pipe(
-                PROMPT,
-                num_inference_steps=steps[key],
-                guidance_scale=guidance,
-                height=size,
-                width=size,
-                output_type="np",
-                generator=torch.Generator().manual_seed(seed),
-            ).timings
-            runs[key].append(t)
+            runs[key].append(timings(pipe, steps[key]))
+            t = runs[key][-1]
             print(f"  run {r + 1}/{repeats} {key}: {t['steps_run']} steps, {t['total_ms']:,.0f} ms")
     return runs
 
@@ -327,9 +313,7 @@ def plot(res: dict, path: str) -> None:
     )
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    common.save_figure(fig, path)
 
 
 def _component_rows(entries: dict) -> list[list]:
@@ -390,22 +374,16 @@ def markdown(res: dict, out: common.Outputs) -> str:
         target_text(res),
         "",
     ]
-    rows = [
-        [
-            p["label"],
-            common.fmt_int(p["text_encoder_params"]),
-            common.fmt_int(p["unet_params"]),
-            common.fmt_gmacs(p["unet_macs_per_step"]),
-            common.fmt_int(p["decoder_params"]),
-            common.fmt_gmacs(p["decoder_macs"]),
-        ]
-        for p in pipes.values()
+    counts = [  # (column, formatter, key)
+        ("text encoder params", common.fmt_int, "text_encoder_params"),
+        ("UNet params", common.fmt_int, "unet_params"),
+        ("UNet GMACs / step", common.fmt_gmacs, "unet_macs_per_step"),
+        ("decoder params", common.fmt_int, "decoder_params"),
+        ("decoder GMACs", common.fmt_gmacs, "decoder_macs"),
     ]
+    rows = [[p["label"]] + [fmt(p[key]) for _, fmt, key in counts] for p in pipes.values()]
     lines += [
-        common.md_table(
-            ["pipeline", "text encoder params", "UNet params", "UNet GMACs / step", "decoder params", "decoder GMACs"],
-            rows,
-        ),
+        common.md_table(["pipeline"] + [column for column, _, _ in counts], rows),
         "",
         f"![End to end]({out.png_link('breakdown')})",
         "",
@@ -433,20 +411,13 @@ def markdown(res: dict, out: common.Outputs) -> str:
             common.md_table(heads, _component_rows(m)),
             "",
             f"**Student vs teacher: {b['speedup']:.1f}x faster end to end.**",
-            "",
         ]
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    common.setup(args)
-    out = common.Outputs(args.out_dir, NAME, pngs=("breakdown",))
-    out.check(args.overwrite)
-    res = run(args)
-    plot(res, out.pngs["breakdown"])
-    out.write(res, markdown(res, out))
-    return 0
+    """Time both pipelines (and the bundle's); write end_to_end.json, .md and _breakdown.png."""
+    return common.run_section(NAME, argv, parse_args, run, markdown, plot)
 
 
 if __name__ == "__main__":

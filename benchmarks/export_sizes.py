@@ -21,17 +21,13 @@ NAME = "export_sizes"
 MANIFEST_FORMAT = "snapfusion-coreml-export/1"
 
 
+BUNDLE_HELP = "default export folders: <bundle>/coreml, <bundle>/export"
+# The folders read instead of the default ones: flag, metavar, help.
+FILES_ARG = ("--export-dir", "DIR", "folder holding export folders, or an export folder itself (repeatable)")
+
+
 def parse_args(argv=None):
-    p = common.parser(NAME, __doc__.split("\n\n")[0])
-    p.add_argument("--bundle", default="bundle", help="default export folders: <bundle>/coreml, <bundle>/export")
-    p.add_argument(
-        "--export-dir",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="folder holding export folders, or an export folder itself (repeatable)",
-    )
-    return common.parse(p, argv)
+    return common.parse_reader_args(NAME, __doc__.split("\n\n")[0], argv, BUNDLE_HELP, *FILES_ARG)
 
 
 def export_available() -> tuple[bool, str]:
@@ -154,7 +150,7 @@ def run(args) -> dict:
     return res
 
 
-def markdown(res: dict) -> str:
+def markdown(res: dict, out: common.Outputs | None = None) -> str:
     lines = ["## Export: Core ML package sizes and conversion times", "", common.machine_paragraph(res), ""]
     if res["skipped"]:
         lines += [
@@ -218,13 +214,8 @@ def markdown(res: dict) -> str:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    common.setup(args)
-    out = common.Outputs(args.out_dir, NAME)
-    out.check(args.overwrite)
-    res = run(args)
-    out.write(res, markdown(res))
-    return 0
+    """Read the export folders; write export_sizes.json and .md under <out-dir>/benchmarks/."""
+    return common.run_section(NAME, argv, parse_args, run, markdown)
 
 
 if __name__ == "__main__":

@@ -27,17 +27,14 @@ PAPER_ROWS = [
 ]
 
 
+BUNDLE_HELP = "folder whose eval/ holds the JSON files (default: bundle)"
+# The files read instead of <bundle>/eval's: flag, metavar, help.
+FILES_ARG = ("--eval-json", "FILE", "evaluation JSON written by training.evaluate (repeatable; default: found under "
+             "<bundle>/eval)")  # fmt: skip
+
+
 def parse_args(argv=None):
-    p = common.parser(NAME, __doc__.split("\n\n")[0])
-    p.add_argument("--bundle", default="bundle", help="folder whose eval/ holds the JSON files (default: bundle)")
-    p.add_argument(
-        "--eval-json",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="evaluation JSON written by training.evaluate (repeatable; default: found under <bundle>/eval)",
-    )
-    return common.parse(p, argv)
+    return common.parse_reader_args(NAME, __doc__.split("\n\n")[0], argv, BUNDLE_HELP, *FILES_ARG)
 
 
 def _number(v) -> float | None:
@@ -143,9 +140,7 @@ def plot(res: dict, path: str) -> None:
     ax.set_title("FID vs text alignment over guidance scales (points labelled by CFG)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    common.save_figure(fig, path)
 
 
 def markdown(res: dict, out: common.Outputs) -> str:
@@ -191,21 +186,13 @@ def markdown(res: dict, out: common.Outputs) -> str:
         "For reference, the paper's own MS-COCO numbers (CLIP score / FID, values read off its Fig. 4):",
         "",
         common.md_table(["CFG", "SD-v1.5 50 steps", "SnapFusion 8 steps"], [list(r) for r in PAPER_ROWS]),
-        "",
     ]
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    common.setup(args)
-    out = common.Outputs(args.out_dir, NAME, pngs=("curve",))
-    out.check(args.overwrite)
-    res = run(args)
-    if not res["skipped"]:
-        plot(res, out.pngs["curve"])
-    out.write(res, markdown(res, out))
-    return 0
+    """Read the evaluation files; write quality.json, .md and (with data) _curve.png."""
+    return common.run_section(NAME, argv, parse_args, run, markdown, plot)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,6 @@ from pipelines.devices import DTYPES
 from . import common, report
 from .common import Outputs
 
-PNGS = {"unet_step": ("stages",), "vae_decoder": ("bars",), "end_to_end": ("breakdown",), "quality": ("curve",)}
-
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.run_all", description=__doc__.split("\n\n")[0])
@@ -44,13 +42,7 @@ def parse_args(argv=None):
     )
     p.add_argument("--extra-at-sd-width", action="store_true", help="build --extra-unet layouts at SD-v1.5 widths")
     p.add_argument("--e2e-repeats", type=common.positive_int, default=None, help="end-to-end timed calls (1)")
-    p.add_argument(
-        "--sd-measured-steps",
-        type=common.positive_int,
-        default=None,
-        metavar="K",
-        help="measure K SD-v1.5 steps and compose its 50-step total (default: run all 50)",
-    )
+    common.add_sd_measured_steps(p)
     p.add_argument("--bundle", default=None, help="folder with teacher/, student/, eval/ (default: bundle)")
     p.add_argument("--bundle-repeats", type=common.positive_int, default=None)
     return p.parse_args(argv)
@@ -104,9 +96,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     chosen = sections(args)
     # refuse before any work if an output would be replaced without --overwrite
-    existing = [
-        p for name in chosen for p in Outputs(args.out_dir, name, PNGS.get(name, ())).all() if os.path.exists(p)
-    ]
+    existing = [p for name in chosen for p in Outputs(args.out_dir, name).all() if os.path.exists(p)]
     md = os.path.join(args.out_dir, "benchmarks.md")
     existing += [md] if os.path.exists(md) else []
     if existing and not args.overwrite:

@@ -283,14 +283,8 @@ def plot(res: dict, path: str) -> None:
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle(
-        f"UNet per stage, {res['image'][0]}x{res['image'][1]} images, batch {res['batch']}, "
-        f"{res['device']} {res['dtype']}",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    title = f"UNet per stage, {res['image'][0]}x{res['image'][1]} images, batch {res['batch']}, "
+    common.save_figure(fig, path, title + f"{res['device']} {res['dtype']}")
 
 
 def markdown(res: dict, out: common.Outputs) -> str:
@@ -393,14 +387,8 @@ def markdown(res: dict, out: common.Outputs) -> str:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    common.setup(args)
-    out = common.Outputs(args.out_dir, NAME, pngs=("stages",))
-    out.check(args.overwrite)
-    res = run(args)
-    plot(res, out.pngs["stages"])
-    out.write(res, markdown(res, out))
-    return 0
+    """Time the UNets; write unet_step.json, .md and _stages.png under <out-dir>/benchmarks/."""
+    return common.run_section(NAME, argv, parse_args, run, markdown, plot)
 
 
 if __name__ == "__main__":

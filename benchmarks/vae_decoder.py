@@ -104,14 +104,13 @@ def target_text(res: dict) -> str:
     )
     if s >= TARGET_SPEEDUP:
         return f"**Target met:** the pruned decoder is {s:.2f}x faster ({where}; target >= 3x). {paper}"
-    return (
-        f"**Target missed:** {s:.2f}x faster on {where}, {TARGET_SPEEDUP - s:.2f} short of the >= 3x target "
-        f"({100 * (1 - s / TARGET_SPEEDUP):.0f}% short). Likely reason "
-        f"(not measured separately): halving every layer's channels cuts the counted MACs to "
+    why = (
+        f"Likely reason (not measured separately): halving every layer's channels cuts the counted MACs to "
         f"{res['macs_ratio']:.3f}x (1 / MAC ratio = {1 / res['macs_ratio']:.2f}x), but the uncounted element-wise "
-        f"work (GroupNorm, SiLU, residual adds, up-sampling of full-resolution feature maps) only halves. "
-        f"{paper}"
+        f"work (GroupNorm, SiLU, residual adds, up-sampling of full-resolution feature maps) only halves."
     )
+    short = f"{TARGET_SPEEDUP - s:.2f} short of the >= 3x target ({100 * (1 - s / TARGET_SPEEDUP):.0f}% short)"
+    return f"**Target missed:** {s:.2f}x faster on {where}, {short}. {why} {paper}"
 
 
 def plot(res: dict, path: str) -> None:
@@ -129,14 +128,8 @@ def plot(res: dict, path: str) -> None:
         ax.set_xticks(range(len(values)), labels, fontsize=8)
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(
-        f"VAE decoder, {res['image'][0]}x{res['image'][1]} image, {res['device']} {res['dtype']}: "
-        f"{res['speedup']:.2f}x faster",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    where = f"{res['image'][0]}x{res['image'][1]} image, {res['device']} {res['dtype']}"
+    common.save_figure(fig, path, f"VAE decoder, {where}: {res['speedup']:.2f}x faster")
 
 
 def markdown(res: dict, out: common.Outputs) -> str:
@@ -177,20 +170,13 @@ def markdown(res: dict, out: common.Outputs) -> str:
         target_text(res),
         "",
         f"![VAE decoder]({out.png_link('bars')})",
-        "",
     ]
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    common.setup(args)
-    out = common.Outputs(args.out_dir, NAME, pngs=("bars",))
-    out.check(args.overwrite)
-    res = run(args)
-    plot(res, out.pngs["bars"])
-    out.write(res, markdown(res, out))
-    return 0
+    """Time the two decoders; write vae_decoder.json, .md and _bars.png under <out-dir>/benchmarks/."""
+    return common.run_section(NAME, argv, parse_args, run, markdown, plot)
 
 
 if __name__ == "__main__":
