@@ -4,7 +4,8 @@
     python app.py --teacher DIR_OR_HUB_ID --student DIR_OR_HUB_ID [--device cuda] [--dtype fp16]
 
 Environment (Hugging Face Spaces): SNAPFUSION_TEACHER, SNAPFUSION_STUDENT, SNAPFUSION_DEVICE, SNAPFUSION_DTYPE,
-SNAPFUSION_NO_WARMUP=1 (same as the flags); GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are read by gradio's launch().
+SNAPFUSION_NUM_THREADS, SNAPFUSION_NO_WARMUP=1 (same as the flags); GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are read
+by gradio's launch().
 
 How `demo` exists: `python app.py` loads both models, builds the app and launches it; a model that cannot be loaded
 ends the start-up with one line on stderr and exit code 2. `import app` loads nothing: the module attribute `demo`
@@ -21,7 +22,9 @@ import threading
 
 import gradio as gr
 
-from snapfusion_app import DEFAULT_STUDENT, DEFAULT_TEACHER, ModelLoadError, load_pipeline
+from pipelines.devices import parse_dtype, pick_device, set_num_threads
+from pipelines.loading import ModelLoadError, load_pipeline
+from snapfusion_app import DEFAULT_STUDENT, DEFAULT_TEACHER
 from snapfusion_app.ui import build_demo, launch_kwargs, model_display_name
 
 
@@ -36,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="cuda, mps or cpu (env SNAPFUSION_DEVICE; default: best available)")
     parser.add_argument("--dtype", default=env("SNAPFUSION_DTYPE"),
                         help="fp32, fp16 or bf16 (env SNAPFUSION_DTYPE; default: fp16 on GPU, fp32 on CPU)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (env SNAPFUSION_NUM_THREADS; default: the idle cores, at least 1)")
     parser.add_argument("--no-warmup", action="store_true", default=env("SNAPFUSION_NO_WARMUP", "") == "1",
                         help="skip the 1-step warm-up call of each model (env SNAPFUSION_NO_WARMUP=1)")
     return parser.parse_args(argv)  # fmt: skip
@@ -43,7 +48,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def create_demo(teacher: str, student: str, device: str | None = None, dtype: str | None = None,
                 warmup: bool = True) -> gr.Blocks:  # fmt: skip
-    """Load both sides (``ModelLoadError`` names the side that failed) and build the app."""
+    """Load both sides and build the app. A bad device or dtype is a ``ValueError`` naming ``--device`` / ``--dtype``
+    (and the devices this machine has); a model that cannot be loaded a ``ModelLoadError`` naming its side."""
+    try:
+        pick_device(device)
+    except ValueError as e:
+        raise ValueError(f"--device: {e}") from None
+    if dtype is not None:
+        try:
+            parse_dtype(dtype)
+        except ValueError as e:
+            raise ValueError(f"--dtype: {e}") from None
     pipes = {}
     for flag, model in (("--teacher", teacher), ("--student", student)):
         try:
@@ -68,6 +83,12 @@ def __getattr__(name: str):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:
+        threads = set_num_threads(args.threads)
+    except ValueError as e:
+        print(f"error: --threads: {e}", file=sys.stderr)
+        return 2
+    print(f"torch threads: {threads}", flush=True)
     print(f"loading left (teacher): {args.teacher}\nloading right (student): {args.student}", flush=True)
     try:
         demo = create_demo(args.teacher, args.student, args.device, args.dtype, warmup=not args.no_warmup)

@@ -7,6 +7,13 @@ from dataclasses import dataclass, field
 from .convert import ComponentReport
 from .options import MANIFEST_FORMAT
 
+MB = 2**20  # one unit for every size the export shows: package sizes, the zip (as gradio's file widget counts)
+
+
+def format_size(n_bytes: int, digits: int = 1) -> str:
+    """``3_774_873`` -> ``"3.6 MB"`` (MB = 2^20 bytes)."""
+    return f"{n_bytes / MB:,.{digits}f} MB"
+
 
 @dataclass
 class ExportReport:
@@ -66,13 +73,13 @@ class ExportReport:
                 f"guidance {self.guidance_scale:g}{' (CFG, UNet batch 2)' if self.cfg else ''}"
             ),
             "",
-            "| component | package | size MB | numeric check | latency |",
+            "| component | package | size (MB = 2^20 bytes) | numeric check | latency |",
             "|---|---|---|---|---|",
         ]
         for c in self.components.values():
-            size = f"{c.size_mb:.2f}"
+            size = format_size(c.size_mb * MB, 2)
             if c.size_mb_before_quantization is not None:
-                size += f" ({c.size_mb_before_quantization:.2f} before)"
+                size += f" ({format_size(c.size_mb_before_quantization * MB, 2)} before)"
             lines.append(f"| {c.name} | {c.package} | {size} | {_check_cell(c.check)} | {_latency_cell(c.latency)} |")
         e2e = self.end_to_end
         if e2e.get("measured"):

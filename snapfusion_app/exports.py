@@ -1,0 +1,142 @@
+"""The Export tab's handler: Core ML export of one side through ``export.export_pipeline``, each export in its own
+folder of the app's temporary folder (only the newest few kept), and a report that shows no server path."""
+
+from __future__ import annotations
+
+import collections
+import html
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from export.options import ATTENTION_VARIANTS, COMPONENTS, PRECISIONS, QUANTIZE_CHOICES
+
+from .errors import bad_input
+from .inputs import InputError, check_choice, show
+from .sides import Side
+
+EXPORTS_KEPT = 3  # finished exports whose files stay on disk; older ones are deleted
+EXPORT_FOLDER = "coreml"  # the export's name in the zip and in the report, instead of the server's folder
+
+
+class ExportStore:
+    """Each export in its own temporary folder; only the newest ``keep`` stay on disk, the rest are deleted."""
+
+    def __init__(self, root: Path, keep: int = EXPORTS_KEPT):
+        self.keep = keep
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._kept: collections.deque[Path] = collections.deque()
+        self._lock = threading.Lock()
+
+    def new_dir(self) -> Path:
+        return Path(tempfile.mkdtemp(dir=self.root))
+
+    def discard(self, folder: Path) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def commit(self, folder: Path) -> None:
+        with self._lock:
+            self._kept.append(folder)
+            while len(self._kept) > self.keep:
+                shutil.rmtree(self._kept.popleft(), ignore_errors=True)
+
+    def folders(self) -> list[Path]:
+        return sorted(p for p in self.root.iterdir() if p.is_dir())
+
+
+def export_library():
+    """``(export_pipeline, zip_export, ExportError, format_size)`` from the export library (imported on first use)."""
+    from export import ExportError, export_pipeline, zip_export
+    from export.report import format_size
+
+    return export_pipeline, zip_export, ExportError, format_size
+
+
+def check_export_options(model, components, precision, quantize, attention) -> tuple[str, list[str], str, str, str]:
+    """The Export tab's choices (those of ``export.options``), checked; components in pipeline order, each once."""
+    key = check_choice(model, "model", ("left", "right"))
+    if not isinstance(components, (list, tuple)) or not components:
+        raise InputError(f"components must be a non-empty list drawn from {', '.join(COMPONENTS)}; "
+                         f"got {show(components)}.")  # fmt: skip
+    for c in components:
+        check_choice(c, "component", COMPONENTS)
+    components = [c for c in COMPONENTS if c in components]
+    precision = check_choice(precision, "precision", PRECISIONS)
+    quantize = check_choice(quantize, "palettization bits", QUANTIZE_CHOICES)
+    attention = check_choice(attention, "attention", ATTENTION_VARIANTS)
+    return key, components, precision, quantize, attention
+
+
+def without_paths(value: Any, replacements: dict[str, str]) -> Any:
+    """``value`` (a report's JSON) with every server path in ``replacements`` replaced by its public name."""
+    if isinstance(value, str):
+        for path, name in replacements.items():
+            value = value.replace(path, name)
+        return value
+    if isinstance(value, dict):
+        return {k: without_paths(v, replacements) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_paths(v, replacements) for v in value]
+    return value
+
+
+def server_paths(side: Side, out_dir: Path) -> dict[str, str]:
+    """The server paths an export's report may name, longest first, each with what the visitor sees instead."""
+    paths = {str(out_dir.resolve()): EXPORT_FOLDER, str(out_dir): EXPORT_FOLDER}
+    for source in (side.source, getattr(side.pipe, "name_or_path", "") or ""):
+        if source and Path(source).expanduser().exists():
+            paths[str(Path(source).expanduser().resolve())] = side.name
+            paths[source] = side.name
+    return dict(sorted(paths.items(), key=lambda kv: -len(kv[0])))
+
+
+class Exporter:
+    """The /export endpoint: one side to Core ML, served as a zip with its report."""
+
+    def __init__(self, sides: dict[str, Side], workdir: Path, lock: threading.RLock, keep: int = EXPORTS_KEPT):
+        self.sides = sides
+        self.lock = lock  # shared with generation: one pipeline call at a time
+        self.store = ExportStore(workdir / "exports", keep)
+
+    def __call__(self, model, components, precision, quantize, attention, request: gr.Request = None,
+                 progress=gr.Progress()):  # fmt: skip
+        """Core ML export of one side. Returns (zip path, report markdown, report dict)."""
+        key, components, precision, quantize, attention = check_export_options(
+            model, components, precision, quantize, attention
+        )
+        try:
+            export_pipeline, zip_export, export_error, format_size = export_library()
+        except ImportError as e:
+            raise bad_input(f"Core ML export is not available on this server ({e}).") from None
+        side = self.sides[key]
+        folder = self.store.new_dir()
+        out_dir = folder / EXPORT_FOLDER
+        progress(0.0, desc="starting the export")
+        try:
+            with self.lock:
+                report = export_pipeline(
+                    side.pipe, str(out_dir), components=tuple(components), precision=precision, quantize=quantize,
+                    attention=attention, progress=lambda f, m: progress(float(f), desc=str(m)),
+                )  # fmt: skip
+                zip_path = Path(zip_export(str(out_dir)))
+            if folder.resolve() not in zip_path.resolve().parents:  # serve only files inside this export's folder
+                zip_path = Path(shutil.move(str(zip_path), str(folder / zip_path.name)))
+        except export_error as e:
+            self.store.discard(folder)
+            raise bad_input(f"Export failed: {e}") from None
+        except BaseException:
+            self.store.discard(folder)
+            raise
+        self.store.commit(folder)
+        zip_bytes = zip_path.stat().st_size
+        head = (f"**{html.escape(side.label)}** (`{html.escape(side.name)}`) → Core ML: {', '.join(components)}, {precision}, "
+                f"palettization {quantize}, attention {attention}. Download: **{format_size(zip_bytes)}** zip "
+                "(MB = 2^20 bytes, as the file box counts).\n\n")  # fmt: skip
+        paths = server_paths(side, out_dir)
+        data = without_paths(dict(report.to_dict(), zip_bytes=zip_bytes, model=key), paths)
+        return str(zip_path), head + without_paths(report.to_markdown(), paths), data

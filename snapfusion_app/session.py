@@ -1,0 +1,288 @@
+"""The Compare tab's handlers: a visitor's runs, streamed from a worker thread, with per-session state (the run in
+progress, for Cancel; the last timings of each side, for the banner of a side run alone)."""
+
+from __future__ import annotations
+
+import collections
+import queue
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+import torch
+
+from pipelines.latency import host_description
+
+from . import readouts
+from .errors import Cancelled
+from .inputs import (
+    GUIDANCE_MAX,
+    GUIDANCE_MIN,
+    MAX_SEED,
+    STEPS_MIN,
+    check_bool,
+    check_float,
+    check_int,
+    check_seed,
+    check_text,
+    dropped_text,
+    token_limit_note,
+)
+from .sides import Side
+
+SESSIONS_KEPT = 1024  # per-session state is dropped least-recently-used first past this many sessions
+
+
+@dataclass
+class Run:
+    """One visitor's run in progress: which sides it runs (in order), where it is, what finished."""
+
+    order: tuple[str, ...]
+    steps: dict[str, int]
+    cancel: threading.Event = field(default_factory=threading.Event)
+    current: str | None = None
+    step: int = 0
+    done: dict[str, dict] = field(default_factory=dict)
+    finished: bool = False
+
+
+def session_of(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "anonymous"
+
+
+class CompareApp:
+    """The handlers behind the Compare tab and its API endpoints (/compare, /left, /right); holds both sides."""
+
+    def __init__(self, left: Side, right: Side, workdir: Path, lock: threading.RLock | None = None):
+        self.sides = {"left": left, "right": right}
+        self.workdir = workdir
+        self.device_text = f"{left.pipe.device} ({host_description()})"
+        # Gradio runs one event of the "models" group at a time; the lock also covers a cancelled event whose
+        # thread is still finishing its current step (and the export, which shares it).
+        self.lock = lock or threading.RLock()
+        self._runs: collections.OrderedDict[str, Run] = collections.OrderedDict()  # session -> run in progress
+        self._last: collections.OrderedDict[str, dict] = collections.OrderedDict()  # session -> last timings
+
+    @property
+    def limit_note(self) -> str:
+        return token_limit_note({k: s.token_limit for k, s in self.sides.items()})
+
+    # -- input checks
+
+    def check_common(self, prompt, negative_prompt, seed, randomize_seed) -> tuple[str, str, int]:
+        prompt = check_text(prompt, "prompt", self.limit_note)
+        negative_prompt = check_text(negative_prompt, "negative prompt", self.limit_note)
+        randomize = check_bool(randomize_seed, "randomize seed")
+        seed = secrets.randbelow(MAX_SEED) if randomize else check_seed(seed)
+        return prompt, negative_prompt, seed
+
+    def check_side(self, key: str, steps, guidance) -> tuple[int, float]:
+        return (check_int(steps, f"steps ({key})", STEPS_MIN, self.sides[key].max_steps),
+                check_float(guidance, f"guidance ({key})", GUIDANCE_MIN, GUIDANCE_MAX))  # fmt: skip
+
+    def header(self, key: str, steps, guidance) -> str:
+        """A side's heading for the values in its sliders; a value out of range is a ``gr.Error`` naming the limits
+        (raised by ``check_side``), not gradio's bare "Value 500 is greater than maximum value 50"."""
+        steps, guidance = self.check_side(key, steps, guidance)
+        side = self.sides[key]
+        return readouts.side_header(side.arrow, side.label, side.name, steps, guidance)
+
+    # -- per-session state
+
+    def _start(self, request, order: tuple[str, ...], steps: dict[str, int]) -> tuple[str, Run]:
+        session = session_of(request)
+        run = Run(order, steps)
+        self._runs[session] = run
+        self._runs.move_to_end(session)
+        while len(self._runs) > SESSIONS_KEPT:
+            self._runs.popitem(last=False)
+        return session, run
+
+    def _remember(self, session: str, key: str, run_id: tuple, timings: dict) -> dict:
+        memory = self._last.setdefault(session, {})
+        self._last.move_to_end(session)
+        while len(self._last) > SESSIONS_KEPT:
+            self._last.popitem(last=False)
+        memory[key] = (run_id, timings)
+        return memory
+
+    # -- streaming one side
+
+    def _notes(self, side: Side, prompt: str, negative_prompt: str) -> list[str]:
+        notes = []
+        if not prompt.strip():
+            notes.append("Empty prompt: this image is unconditional (no text to follow).")
+        for text, what in ((prompt, "Prompt"), (negative_prompt, "Negative prompt")):
+            dropped = dropped_text(side.pipe.tokenizer, text) if text else None
+            if dropped:
+                notes.append(readouts.truncation_note(what, side.token_limit, *dropped))
+        return notes
+
+    def _stream(self, key, prompt, negative_prompt, seed, steps, guidance, run: Run):
+        """Run one side in a worker thread. Yields ``("step", i, seconds so far)`` as steps finish (at most every
+        0.2 s, and the last one), then ``("done", image, readout, timings)``. Closing the generator early (the
+        visitor cancelled or left) stops the pipeline after its current step; so does ``run.cancel``."""
+        side = self.sides[key]
+        cancel = run.cancel
+        events: queue.Queue = queue.Queue()
+        run.current, run.step = key, 0
+
+        def on_step(pipe, i, t, callback_kwargs):
+            if cancel.is_set():
+                pipe.interrupt()
+            events.put(("step", i + 1))
+            return {}
+
+        def work():
+            try:
+                with self.lock:
+                    if cancel.is_set():
+                        raise Cancelled()
+                    out = side.pipe(
+                        prompt, negative_prompt=negative_prompt or None, num_inference_steps=steps,
+                        guidance_scale=guidance, generator=torch.Generator("cpu").manual_seed(seed),
+                        callback_on_step_end=on_step,
+                    )  # fmt: skip
+                events.put(("out", out))
+            except BaseException as e:  # handed to the generator, which raises it in the handler's thread
+                events.put(("error", e))
+
+        start = time.perf_counter()
+        last = 0.0
+        finished = False
+        threading.Thread(target=work, name=f"snapfusion-{key}", daemon=True).start()
+        try:
+            while True:
+                kind, value = events.get()
+                if kind == "error":
+                    finished = True
+                    raise value
+                if kind == "out":
+                    finished = True
+                    out = value
+                    break
+                run.step = value
+                now = time.perf_counter()
+                if not cancel.is_set() and (value == steps or now - last >= 0.2):  # no progress after Cancel
+                    last = now
+                    yield "step", value, now - start
+        finally:
+            if not finished:
+                cancel.set()
+        if out.timings.get("interrupted") or cancel.is_set():
+            raise Cancelled()
+        readout = readouts.readout_markdown(out.timings, guidance, self.device_text,
+                                            self._notes(side, prompt, negative_prompt))  # fmt: skip
+        timings = dict(out.timings, guidance=guidance, seed=seed)
+        run.done[key] = timings
+        yield "done", out.images[0], readout, timings
+
+    # -- handlers
+
+    def compare(self, prompt, negative_prompt, seed, randomize_seed, left_steps, left_guidance, right_steps,
+                right_guidance, request: gr.Request = None, progress=gr.Progress()):  # fmt: skip
+        """Run the right side (fast), then the left side (baseline), with the same prompt and seed.
+
+        Streams (left image, left readout, right image, right readout, speed-up banner, seed used, timings JSON);
+        the readouts show live progress, the last update holds the results."""
+        prompt, negative_prompt, seed = self.check_common(prompt, negative_prompt, seed, randomize_seed)
+        left_steps, left_guidance = self.check_side("left", left_steps, left_guidance)
+        right_steps, right_guidance = self.check_side("right", right_steps, right_guidance)
+        session, run = self._start(request, ("right", "left"), {"left": left_steps, "right": right_steps})
+        skip = gr.skip()
+        total = left_steps + right_steps
+        try:
+            banner = readouts.waiting_html("Running the right side first, then the left side...")
+            progress((0, total), desc="Right side")
+            yield None, "*Waiting: the right side runs first.*", None, readouts.running_markdown(0, right_steps, 0.0), \
+                banner, seed, skip  # fmt: skip
+            for ev in self._stream("right", prompt, negative_prompt, seed, right_steps, right_guidance, run):
+                if ev[0] == "step":
+                    progress((ev[1], total), desc=f"Right side: step {ev[1]}/{right_steps}")
+                    yield skip, skip, skip, readouts.running_markdown(ev[1], right_steps, ev[2]), skip, skip, skip
+                else:
+                    _, r_img, r_text, r_t = ev
+            waiting = (f"Right side done in <b>{r_t['total_ms']:,.0f} ms</b>; the baseline on the left is still "
+                       "running...")  # fmt: skip
+            yield skip, readouts.running_markdown(0, left_steps, 0.0), r_img, r_text, readouts.waiting_html(waiting), \
+                skip, {"seed": seed, "right": r_t}  # fmt: skip
+            for ev in self._stream("left", prompt, negative_prompt, seed, left_steps, left_guidance, run):
+                if ev[0] == "step":
+                    progress((right_steps + ev[1], total), desc=f"Left side: step {ev[1]}/{left_steps}")
+                    yield skip, readouts.running_markdown(ev[1], left_steps, ev[2]), skip, skip, skip, skip, skip
+                else:
+                    _, l_img, l_text, l_t = ev
+        except Cancelled:
+            raise
+        except Exception:
+            run.finished = True
+            raise
+        run.finished = True  # closed early (gradio's cancel, a visitor who left): not finished, Cancel reports it
+        run_id = (prompt, negative_prompt, seed)
+        self._remember(session, "right", run_id, r_t)
+        self._remember(session, "left", run_id, l_t)
+        data = {"seed": seed, "left": l_t, "right": r_t, "speedup": readouts.speedup_ratios(l_t, r_t)}
+        yield l_img, l_text, r_img, r_text, readouts.speedup_html(l_t, r_t), seed, data
+
+    def run_one(self, key, prompt, negative_prompt, seed, randomize_seed, steps, guidance, request=None,
+                progress=None):  # fmt: skip
+        """One side alone. Streams (image, readout, speed-up banner, seed used, timings JSON); the banner compares
+        with this session's last run of the other side when it had the same prompt and seed."""
+        prompt, negative_prompt, seed = self.check_common(prompt, negative_prompt, seed, randomize_seed)
+        steps, guidance = self.check_side(key, steps, guidance)
+        session, run = self._start(request, (key,), {key: steps})
+        skip = gr.skip()
+        progress = progress or (lambda *args, **kwargs: None)
+        try:
+            yield None, readouts.running_markdown(0, steps, 0.0), skip, seed, skip
+            for ev in self._stream(key, prompt, negative_prompt, seed, steps, guidance, run):
+                if ev[0] == "step":
+                    progress((ev[1], steps), desc=f"{key.capitalize()} side: step {ev[1]}/{steps}")
+                    yield skip, readouts.running_markdown(ev[1], steps, ev[2]), skip, skip, skip
+                else:
+                    _, img, text, t = ev
+        except Cancelled:
+            raise
+        except Exception:
+            run.finished = True
+            raise
+        run.finished = True
+        run_id = (prompt, negative_prompt, seed)
+        memory = self._remember(session, key, run_id, t)
+        other = "right" if key == "left" else "left"
+        data = {"seed": seed, key: t}
+        if other in memory and memory[other][0] == run_id:
+            pair = {key: t, other: memory[other][1]}
+            banner = readouts.speedup_html(pair["left"], pair["right"], note="The two sides were run separately.")
+            data["speedup"] = readouts.speedup_ratios(pair["left"], pair["right"])
+        else:
+            banner = readouts.waiting_html(f"Run the {other} side with the same prompt and seed (or press "
+                                           "<b>Generate both</b>) to see the speed-up.")  # fmt: skip
+        yield img, text, banner, seed, data
+
+    def cancel(self, request: gr.Request = None):
+        """Stop this visitor's run after its current step (never another visitor's) and say so on the page.
+
+        Returns (banner, left readout, right readout): the side that was running says where it stopped, a side
+        that had not started says it did not run, a finished side keeps its result."""
+        skip = gr.skip()
+        run = self._runs.get(session_of(request))
+        if run is None or run.finished:
+            return skip, skip, skip
+        run.cancel.set()
+        run.finished = True  # reported once
+        out, parts = {"left": skip, "right": skip}, []
+        for key in run.order:
+            if key in run.done:
+                parts.append(f"the {key} side had finished ({run.done[key]['total_ms']:,.0f} ms)")
+            elif key == run.current:
+                out[key] = readouts.cancelled_markdown(run.step, run.steps[key])
+                parts.append(f"the {key} side stopped at step {run.step}/{run.steps[key]}")
+            else:
+                out[key] = readouts.cancelled_markdown(None, run.steps[key])
+                parts.append(f"the {key} side did not run")
+        message = "; ".join(parts) + ". Nothing was compared: press <b>Generate both</b> to run again."
+        return readouts.cancelled_html(message[0].upper() + message[1:]), out["left"], out["right"]
