@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
-import time
 
 import numpy as np
 import torch
 
+from .common import StageError, fail
 from .evaluate import alignment_scores, fid_from_features, generate
+from .models import load_stage_pipeline
 from .probe import DEFAULT_PROBE, load_probe
 from .toy_world import IMAGE_SIZE, ToyWorld, parse_caption, to_tensor
 
@@ -44,11 +44,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     return p.parse_args(argv)  # fmt: skip
-
-
-def fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def parse_models(items: list[str]) -> list[tuple[str, str]]:
@@ -96,12 +91,11 @@ def removal_sweep(pipe, probe, steps: int, guidance: float, num_images: int, bat
     latents = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
 
     def score(name: str) -> dict:
-        t0 = time.perf_counter()
-        images, _ = generate(pipe, prompts, latents, steps, guidance, batch_size)
+        images, seconds = generate(pipe, prompts, latents, steps, guidance, batch_size)
         row = {"removed": name, "alignment": alignment_scores(labels, probe.predict_flat(images))["overall"],
                "fid": fid_from_features(probe.features(images), feats_a)}  # fmt: skip
         log(f"  {name:>14}: alignment {row['alignment']:.4f}  FID {row['fid']:.2f}  "
-            f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+            f"({seconds:.0f} s generating)")  # fmt: skip
         return row
 
     rows = [score("none")]
@@ -183,16 +177,14 @@ def main(argv=None) -> int:
         probe = load_probe(args.probe, "cpu")
     except ValueError as e:
         fail(str(e))
-    from diffusers.utils import logging as diffusers_logging
-
-    from pipelines import SnapFusionPipeline
     from pipelines.latency import host_description
 
-    diffusers_logging.disable_progress_bar()
     out = {"format": FORMAT, "machine": host_description(), "models": []}
     for label, path in models:
-        pipe = SnapFusionPipeline.from_pretrained(path, use_safetensors=True, dtype=torch.float32)
-        pipe.set_progress_bar_config(disable=True)
+        try:
+            pipe = load_stage_pipeline(path, f"--model {label}=")
+        except StageError as e:
+            fail(str(e))
         print(f"{label} ({path}):")
         try:
             res = removal_sweep(pipe, probe, args.steps, args.guidance, args.num_images, args.batch_size, args.seed,

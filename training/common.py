@@ -1,7 +1,7 @@
-"""What every training stage shares: arguments, accelerate set-up, output-folder safety, checkpoints, EMA.
+"""What every training stage shares: arguments, accelerate set-up, output-folder safety, the stage clock, errors.
 
 Each stage script stays flat (parse_args -> main(args) with numbered steps); this module holds only the
-plumbing that would otherwise be copied into each of them.
+plumbing that would otherwise be copied into each of them; the training loop itself is ``training/loop.py``.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -68,13 +68,18 @@ def validate_common_args(args) -> None:
         raise StageError(f"--resume must be 'latest' or an existing checkpoint folder; got {args.resume!r}.")
 
 
+def fail(message: str) -> NoReturn:
+    """A command line's bad input: one line ``error: ...`` on stderr and exit code 2 (no traceback)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def run_cli(main, parse_args) -> None:
-    """Run a stage's ``main(parse_args())``: bad input is one line on stderr and exit code 2."""
+    """Run a stage's ``main(parse_args())``: a ``StageError`` is reported by ``fail``."""
     try:
         main(parse_args())
     except StageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        fail(str(e))
 
 
 def prepare_output(args) -> Path:
@@ -127,9 +132,14 @@ _CLOCK = {"start": None, "before": 0.0, "restored": False, "out": None}
 
 def start_stage_clock(args) -> None:
     clock_file = Path(args.output) / CLOCK_FILE
-    restored = getattr(args, "resume", None) is not None and clock_file.exists()
+    restored = args.resume is not None and clock_file.exists()
     before = float(json.loads(clock_file.read_text())["elapsed_s"]) if restored else 0.0
     _CLOCK.update(start=time.time(), before=before, restored=restored, out=Path(args.output))
+
+
+def restore_clock(elapsed_s: float) -> None:
+    """Resumed from a checkpoint: the kept time is the time saved with it (not a later save's)."""
+    _CLOCK["before"], _CLOCK["start"] = elapsed_s, time.time()
 
 
 def stage_seconds() -> float:
@@ -165,119 +175,8 @@ def save_config(args, folder: Path, stage: str, extra: dict | None = None) -> No
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
 
 
-def latest_checkpoint(out: Path) -> Path | None:
-    ckpts = sorted((out / CHECKPOINT_DIR).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    return ckpts[-1] if ckpts else None
-
-
-def save_checkpoint(accelerator, args, out: Path, step: int, stage: str) -> None:
-    """accelerate state (models, optimizers, schedulers, RNG) + the full config, written atomically."""
-    folder = out / CHECKPOINT_DIR / f"step-{step}"
-    tmp = out / CHECKPOINT_DIR / f".tmp-step-{step}"
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        save_config(args, tmp, stage, {"step": step})
-        (tmp / "step.json").write_text(json.dumps({"step": step, "elapsed_s": stage_seconds()}))
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-        ckpts = sorted((out / CHECKPOINT_DIR).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-        for old in ckpts[: max(0, len(ckpts) - args.checkpoints_total_limit)]:
-            shutil.rmtree(old)
-        save_clock(out)
-    accelerator.wait_for_everyone()
-
-
-def maybe_resume(accelerator, args, out: Path) -> int:
-    """Load the checkpoint named by ``--resume``; return the step to continue from (0 without resume)."""
-    if args.resume is None:
-        return 0
-    folder = latest_checkpoint(out) if args.resume == "latest" else Path(args.resume)
-    if folder is None:
-        accelerator.print(f"--resume latest: no checkpoint in {out / CHECKPOINT_DIR}, starting from step 0")
-        return 0
-    try:
-        info = json.loads((folder / "step.json").read_text())
-        step = int(info["step"])
-        accelerator.load_state(str(folder))
-    except Exception as e:  # any unreadable or truncated file: say which checkpoint is corrupt
-        raise StageError(f"Checkpoint {folder} is corrupt or incompatible ({type(e).__name__}: {e}); "
-                         "delete it to resume from an earlier one.") from None  # fmt: skip
-    if "elapsed_s" in info:  # the time kept up to this checkpoint (not a later one's)
-        _CLOCK["before"], _CLOCK["start"] = float(info["elapsed_s"]), time.time()
-    accelerator.print(f"resumed from {folder} at step {step}")
-    return step
-
-
 def mark_complete(out: Path, info: dict) -> None:
     """Write the stage's result line; ``seconds`` is its kept time on the stage clock (see ``stage_seconds``)."""
     if _CLOCK["start"] is not None and _CLOCK["out"] == Path(out) and "seconds" not in info:
         info = {**info, "seconds": round(stage_seconds(), 1)}
     (out / DONE_FILE).write_text(json.dumps(info, indent=2))
-
-
-def write_rank_checksum(accelerator, model, out: Path) -> None:
-    """Each process writes a checksum of its trained weights (rank_checksums/rank{i}.txt): under DDP every rank
-    must end with identical weights, and this makes that checkable."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, p in sorted(accelerator.unwrap_model(model).state_dict().items()):
-        h.update(name.encode())
-        h.update(p.detach().float().cpu().numpy().tobytes())
-    folder = out / "rank_checksums"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"rank{accelerator.process_index}.txt").write_text(h.hexdigest())
-
-
-def optimizer_step(accelerator, loss, params, optimizer, lr_scheduler, max_grad_norm: float) -> None:
-    """Backward, clip (on the step that syncs gradients), optimizer and LR-scheduler step: one update."""
-    accelerator.backward(loss)
-    if accelerator.sync_gradients:
-        accelerator.clip_grad_norm_(params, max_grad_norm)
-    optimizer.step()
-    lr_scheduler.step()
-    optimizer.zero_grad()
-
-
-def make_optimizer(params, args):
-    return torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-
-
-def make_lr_scheduler(optimizer, args):
-    """Linear warm-up over ``--warmup-steps``, then constant or cosine decay to 0 at ``--max-steps``."""
-    warmup = max(0, args.warmup_steps)
-    cosine = getattr(args, "lr_schedule", "constant") == "cosine"
-
-    def factor(s: int) -> float:
-        if s < warmup:
-            return (s + 1) / warmup
-        if not cosine:
-            return 1.0
-        done = (s - warmup) / max(1, args.max_steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def progress(accelerator, total: int, initial: int, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, disable=not accelerator.is_local_main_process)
-
-
-def make_ema(model, args):
-    if args.ema_decay <= 0:
-        return None
-    from diffusers.training_utils import EMAModel
-
-    return EMAModel(model.parameters(), decay=args.ema_decay)
-
-
-def snr_weight_truncated(alphas: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
-    """Truncated SNR weight max(alpha^2 / sigma^2, 1) of the paper's distillation loss (Sec. 4)."""
-    return torch.clamp(alphas**2 / sigmas.clamp(min=1e-8) ** 2, min=1.0)

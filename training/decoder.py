@@ -27,13 +27,11 @@ import torch
 import torch.nn.functional as F
 
 from pipelines import CompressedVAEDecoder, PixelShuffleVAEDecoder, SnapFusionPipeline
+from pipelines.psnr import psnr
 
-from .common import (
-    StageError, add_common_args, make_accelerator, make_lr_scheduler, make_optimizer, mark_complete, maybe_resume,
-    prepare_output, progress, run_cli, save_checkpoint, save_config, validate_common_args,
-)  # fmt: skip
-from .common import optimizer_step
+from .common import StageError, add_common_args, run_cli, validate_common_args
 from .data import read_prompts
+from .loop import TrainLoop, make_optimizer, progress
 from .models import load_stage_pipeline
 
 STAGE = "decoder"
@@ -141,10 +139,8 @@ def main(args):
         raise StageError("the pipeline's latent channels differ from the teacher VAE's.")
     vae = teacher.vae.requires_grad_(False).eval()
     student = make_student_decoder(vae, args).train()
-    out = prepare_output(args)
-    accelerator = make_accelerator(args, STAGE)
-    save_config(args, out, STAGE)
-    device = accelerator.device
+    loop = TrainLoop(args, STAGE)
+    device = loop.device
     teacher.to(device)
 
     # 2. latent pool (+ held-out latents) from text-to-image sampling, deterministic in --seed
@@ -154,7 +150,7 @@ def main(args):
     pool = []
     gen = torch.Generator("cpu").manual_seed(args.seed)
     n_batches = math.ceil((args.pool_size + args.heldout) / args.batch_size)
-    bar = progress(accelerator, n_batches, 0, "latents")
+    bar = progress(loop.accelerator, n_batches, 0, "latents")
     for _ in range(n_batches):
         batch_prompts = [rng.choice(prompts) for _ in range(args.batch_size)]
         lat = source(batch_prompts, num_inference_steps=args.gen_steps, guidance_scale=rng.choice(guidances),
@@ -172,54 +168,42 @@ def main(args):
                                  .sample.cpu() for i in range(0, len(pool), args.batch_size)])  # fmt: skip
 
     # 3. train the compressed decoder to reproduce the original decoder's images
-    optimizer = make_optimizer(student.parameters(), args)
-    lr_scheduler = make_lr_scheduler(optimizer, args)
-    student, optimizer, lr_scheduler = accelerator.prepare(student, optimizer, lr_scheduler)
-    start = maybe_resume(accelerator, args, out)
-    bar = progress(accelerator, args.max_steps, start, STAGE)
-    step = start
-    g = torch.Generator("cpu").manual_seed(args.seed + start + accelerator.process_index)
-    while step < args.max_steps:
-        idx = torch.randint(0, len(pool), (args.batch_size,), generator=g)
-        z = pool[idx].to(device) / vae.config.scaling_factor
-        if targets is not None:
-            ref = targets[idx].to(device)  # (B, 3, H, W)
-        else:
-            with torch.no_grad():
-                ref = vae.decode(z).sample  # (B, 3, H, W)
-        with accelerator.accumulate(student):
-            pred = student(z)  # (B, 3, H, W)
-            loss = F.mse_loss(pred.float(), ref.float())
-            optimizer_step(accelerator, loss, student.parameters(), optimizer, lr_scheduler, args.max_grad_norm)
-        if accelerator.sync_gradients:
-            step += 1
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.5f}")
-            accelerator.log({"decoder/mse": loss.item()}, step=step)
-            if step % args.checkpoint_every == 0 and step < args.max_steps:
-                save_checkpoint(accelerator, args, out, step, STAGE)
-    bar.close()
+    student, _ = loop.prepare(student, make_optimizer(student.parameters(), args))
+    g = torch.Generator("cpu").manual_seed(args.seed + loop.start + loop.accelerator.process_index)
+
+    def batches():  # random pool latents and the original decoder's images of them
+        while True:
+            idx = torch.randint(0, len(pool), (args.batch_size,), generator=g)
+            z = pool[idx].to(device) / vae.config.scaling_factor
+            if targets is not None:
+                ref = targets[idx].to(device)  # (B, 3, H, W)
+            else:
+                with torch.no_grad():
+                    ref = vae.decode(z).sample  # (B, 3, H, W)
+            yield z, ref
+
+    def loss_fn(batch):
+        z, ref = batch
+        return F.mse_loss(student(z).float(), ref.float())
+
+    loop.run(batches(), loss_fn)
 
     # 4. save the extended pipeline; report PSNR on the held-out latents
-    accelerator.wait_for_everyone()
-    student = accelerator.unwrap_model(student).eval()
+    student = loop.finish().eval()
     with torch.no_grad():
         z = heldout.to(device) / vae.config.scaling_factor
         ref = ((vae.decode(z).sample + 1) / 2).clamp(0, 1)
         pred = ((student(z) + 1) / 2).clamp(0, 1)
-        psnr = (10 * torch.log10(1.0 / F.mse_loss(pred, ref))).item()
-    accelerator.print(f"compressed decoder PSNR vs original: {psnr:.2f} dB (on {len(heldout)} held-out latents)")
-    if accelerator.is_main_process:
-        pipe = SnapFusionPipeline(
-            vae=target.vae, text_encoder=target.text_encoder, tokenizer=target.tokenizer, unet=target.unet,
-            scheduler=target.scheduler, vae_decoder=student,
-            default_num_inference_steps=target.config.default_num_inference_steps,
-            default_guidance_scale=target.config.default_guidance_scale,
-        )  # fmt: skip
-        pipe.save_pretrained(out)
-        mark_complete(out, {"stage": STAGE, "steps": step, "final_mse": loss.item(), "psnr_db_heldout": psnr})
-    accelerator.end_training()
-    return out
+        psnr_db = psnr(ref, pred, peak=1.0)
+    loop.accelerator.print(f"compressed decoder PSNR vs original: {psnr_db:.2f} dB "
+                           f"(on {len(heldout)} held-out latents)")
+    pipe = SnapFusionPipeline(
+        vae=target.vae, text_encoder=target.text_encoder, tokenizer=target.tokenizer, unet=target.unet,
+        scheduler=target.scheduler, vae_decoder=student,
+        default_num_inference_steps=target.config.default_num_inference_steps,
+        default_guidance_scale=target.config.default_guidance_scale,
+    )  # fmt: skip
+    return loop.save(pipe, {"final_mse": loop.loss, "psnr_db_heldout": psnr_db})
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ Teacher and student may differ in architecture and step count (32 -> 16, 16 -> 8
 from __future__ import annotations
 
 import argparse
-import math
 import random
 
 import torch
@@ -27,13 +26,9 @@ import torch
 from diffusers import DDIMScheduler
 from pipelines import EfficientUNet2DConditionModel, SnapFusionPipeline
 
-from .common import (
-    StageError, add_common_args, make_accelerator, make_ema, make_lr_scheduler, make_optimizer, mark_complete,
-    maybe_resume, prepare_output, progress, run_cli, save_checkpoint, save_config, snr_weight_truncated,
-    validate_common_args, write_rank_checksum,
-)  # fmt: skip
-from .common import optimizer_step
+from .common import StageError, add_common_args, run_cli, validate_common_args
 from .data import add_data_args, infinite, make_dataloader, make_dataset
+from .loop import TrainLoop, make_optimizer
 from .models import load_stage_pipeline
 
 STAGE = "distill"
@@ -99,6 +94,11 @@ def ddim_step(z, v, alpha, sigma, alpha_next, sigma_next):
     x0 = alpha * z - sigma * v
     eps = sigma * z + alpha * v
     return alpha_next * x0 + sigma_next * eps
+
+
+def snr_weight_truncated(alphas: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """Truncated SNR weight max(alpha^2 / sigma^2, 1) of the paper's distillation loss (Sec. 4)."""
+    return torch.clamp(alphas**2 / sigmas.clamp(min=1e-8) ** 2, min=1.0)
 
 
 def distill_target(z_t, z_tpp, alpha_t, sigma_t, alpha_tpp, sigma_tpp):
@@ -178,10 +178,8 @@ def main(args):
         raise StageError(f"teacher {args.teacher} has no full VAE to encode training images.")
     teacher_type = teacher_pipe.scheduler.config.prediction_type
     r = args.teacher_steps // args.student_steps
-    out = prepare_output(args)
-    accelerator = make_accelerator(args, STAGE)
-    save_config(args, out, STAGE, {"teacher_grid": teacher_grid, "student_grid": student_grid})
-    device = accelerator.device
+    loop = TrainLoop(args, STAGE, {"teacher_grid": teacher_grid, "student_grid": student_grid})
+    device = loop.device
     vae, text_encoder, tokenizer = teacher_pipe.vae, teacher_pipe.text_encoder, teacher_pipe.tokenizer
     for m in (vae, text_encoder, t_unet):
         m.requires_grad_(False).eval().to(device)
@@ -193,19 +191,10 @@ def main(args):
 
     # 2. optimizer, data
     optimizer = make_optimizer(s_unet.parameters(), args)
-    lr_scheduler = make_lr_scheduler(optimizer, args)
     dataset = make_dataset(args.data, args.resolution, seed=args.seed + 7, image_column=args.image_column,
                            caption_column=args.caption_column)  # fmt: skip
-    loader = make_dataloader(dataset, args.batch_size, args.num_workers)
-    s_unet, optimizer, loader, lr_scheduler = accelerator.prepare(s_unet, optimizer, loader, lr_scheduler)
-    ema = make_ema(accelerator.unwrap_model(s_unet), args)
-    if ema is not None:
-        ema.to(device)
-        accelerator.register_for_checkpointing(ema)
-    start = maybe_resume(accelerator, args, out)
-    if start and hasattr(dataset, "offset"):
-        dataset.offset = start * args.batch_size * accelerator.num_processes
-    rng = random.Random(args.seed + accelerator.process_index + start)
+    s_unet, loader = loop.prepare(s_unet, optimizer, make_dataloader(dataset, args.batch_size, args.num_workers))
+    rng = random.Random(args.seed + loop.accelerator.process_index + loop.start)
     ac = teacher_pipe.scheduler.alphas_cumprod.to(device)
     grid = teacher_grid + [-1]  # -1: the clean end of the last step
     with torch.no_grad():
@@ -213,70 +202,44 @@ def main(args):
                           return_tensors="pt").input_ids.to(device)  # fmt: skip
         uncond_1 = text_encoder(empty)[0]  # (1, L, D)
 
-    # 3. training loop
-    bar = progress(accelerator, args.max_steps, start, STAGE)
-    it = infinite(loader)
-    step = start
-    while step < args.max_steps:
-        batch = next(it)
-        with accelerator.accumulate(s_unet):
-            x = batch["pixel_values"].to(device)
-            b = x.shape[0]
-            cfg_aware = rng.random() < args.cfg_prob
-            captions = list(batch["caption"])
-            if not cfg_aware:
-                captions = ["" if rng.random() < args.caption_dropout else c for c in captions]
-            with torch.no_grad():
-                x0 = vae.encode(x).latent_dist.sample() * vae.config.scaling_factor  # (B, 4, h, w)
-                ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt").input_ids.to(device)  # fmt: skip
-                cond = text_encoder(ids)[0]
-                uncond = uncond_1.expand(b, -1, -1)
-                k = torch.randint(0, args.student_steps, (b,))  # student step index per sample
-                noise = torch.randn_like(x0)
-                w = None
-                if cfg_aware:  # guidance scale per sample, uniform in [w_min, w_max]
-                    w = torch.rand(b, 1, 1, 1, device=device) * (args.w_max - args.w_min) + args.w_min
-            loss, loss_dstl, loss_ori = distillation_loss(
-                s_unet, t_unet, x0, noise, cond, uncond, k, w, grid, r, ac, teacher_type, args.gamma)  # fmt: skip
-            optimizer_step(accelerator, loss, s_unet.parameters(), optimizer, lr_scheduler, args.max_grad_norm)
-        if accelerator.sync_gradients:
-            step += 1
-            if ema is not None:
-                ema.step(accelerator.unwrap_model(s_unet).parameters())
-            if not math.isfinite(loss.item()):
-                raise RuntimeError(f"loss became {loss.item()} at step {step}; lower --lr")
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.4f}", cfg=int(cfg_aware))
-            accelerator.log({"distill/loss": loss.item(), "distill/l_dstl": loss_dstl.item(),
-                             "distill/l_ori": loss_ori.item(), "distill/cfg_aware": float(cfg_aware)},
-                            step=step)  # fmt: skip
-            if step % args.checkpoint_every == 0 and step < args.max_steps:
-                save_checkpoint(accelerator, args, out, step, STAGE)
-    bar.close()
+    # 3. training loop: CFG-aware (probability --cfg-prob) or vanilla distillation loss of a batch
+    def loss_fn(batch):
+        x = batch["pixel_values"].to(device)
+        b = x.shape[0]
+        cfg_aware = rng.random() < args.cfg_prob
+        captions = list(batch["caption"])
+        if not cfg_aware:
+            captions = ["" if rng.random() < args.caption_dropout else c for c in captions]
+        with torch.no_grad():
+            x0 = vae.encode(x).latent_dist.sample() * vae.config.scaling_factor  # (B, 4, h, w)
+            ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt").input_ids.to(device)  # fmt: skip
+            cond = text_encoder(ids)[0]
+            uncond = uncond_1.expand(b, -1, -1)
+            k = torch.randint(0, args.student_steps, (b,))  # student step index per sample
+            noise = torch.randn_like(x0)
+            w = None
+            if cfg_aware:  # guidance scale per sample, uniform in [w_min, w_max]
+                w = torch.rand(b, 1, 1, 1, device=device) * (args.w_max - args.w_min) + args.w_min
+        loss, loss_dstl, loss_ori = distillation_loss(
+            s_unet, t_unet, x0, noise, cond, uncond, k, w, grid, r, ac, teacher_type, args.gamma)  # fmt: skip
+        return loss, {"l_dstl": loss_dstl.item(), "l_ori": loss_ori.item(), "cfg_aware": float(cfg_aware)}
+
+    loop.run(infinite(loader), loss_fn)
 
     # 4. save the student with a scheduler that reproduces its step grid
-    accelerator.wait_for_everyone()
-    write_rank_checksum(accelerator, s_unet, out)
-    s_unet = accelerator.unwrap_model(s_unet)
-    if ema is not None:
-        ema.copy_to(s_unet.parameters())
-    s_unet.eval()
+    s_unet = loop.finish().eval()
     scheduler = DDIMScheduler.from_config(teacher_pipe.scheduler.config, prediction_type="v_prediction",
                                           timestep_spacing="trailing", set_alpha_to_one=True)  # fmt: skip
     scheduler.set_timesteps(args.student_steps)
     if [int(t) for t in scheduler.timesteps] != student_grid:
         raise RuntimeError(f"saved scheduler grid {scheduler.timesteps.tolist()} != trained grid {student_grid}")
-    if accelerator.is_main_process:
-        pipe = SnapFusionPipeline(
-            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=s_unet, scheduler=scheduler,
-            vae_decoder=student_pipe.vae_decoder, default_num_inference_steps=args.student_steps,
-            default_guidance_scale=args.default_guidance,
-        )  # fmt: skip
-        pipe.save_pretrained(out)
-        mark_complete(out, {"stage": STAGE, "steps": step, "final_loss": loss.item(), "student_grid": student_grid})
-    accelerator.end_training()
-    return out
+    pipe = SnapFusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=s_unet, scheduler=scheduler,
+        vae_decoder=student_pipe.vae_decoder, default_num_inference_steps=args.student_steps,
+        default_guidance_scale=args.default_guidance,
+    )  # fmt: skip
+    return loop.save(pipe, {"final_loss": loop.loss, "student_grid": student_grid})
 
 
 if __name__ == "__main__":

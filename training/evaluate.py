@@ -33,12 +33,14 @@ import argparse
 import json
 import math
 import os
-import sys
-import time
-
 import numpy as np
 import torch
 
+from pipelines.devices import pick_device
+from pipelines.timing import Timer
+
+from .common import StageError, fail
+from .models import load_stage_pipeline
 from .probe import DEFAULT_PROBE, Probe, load_probe
 from .toy_world import IMAGE_SIZE, Labels, ToyWorld, parse_caption, to_tensor, validation_prompts
 
@@ -166,11 +168,11 @@ def generate(pipe, prompts: list[str], latents: torch.Tensor, steps: int, guidan
     measured wall-clock seconds of the pipeline calls."""
     images, seconds = [], 0.0
     for i in range(0, len(prompts), batch_size):
-        t0 = time.perf_counter()
-        out = pipe(prompt=prompts[i : i + batch_size], num_inference_steps=steps, guidance_scale=guidance,
-                   latents=latents[i : i + batch_size], output_type="pt")  # fmt: skip
-        img = out.images.float().cpu()  # (B, 3, 64, 64); pipeline timings sync the device
-        seconds += time.perf_counter() - t0
+        with Timer(pipe.device) as t:
+            out = pipe(prompt=prompts[i : i + batch_size], num_inference_steps=steps, guidance_scale=guidance,
+                       latents=latents[i : i + batch_size], output_type="pt")  # fmt: skip
+            img = out.images.float().cpu()  # (B, 3, H, W)
+        seconds += t.ms / 1000
         images.append(img)
     return torch.cat(images), seconds
 
@@ -298,11 +300,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def output_paths(out: str) -> tuple[str, str]:
     """``--out`` -> (json path, png path)."""
     if out.lower().endswith(".json"):
@@ -413,26 +410,19 @@ def main(argv=None) -> int:
         fail(f"--model {args.model!r} is not a folder (expected a SnapFusionPipeline saved with save_pretrained).")
 
     # 2. probe and pipeline
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
+        device = str(pick_device(args.device, "fp32")[0])
         probe = load_probe(args.probe, device)
     except ValueError as e:
         fail(str(e))
     if args.num_images < probe.config.feature_dim + 1:
         need = probe.config.feature_dim + 1
         fail(f"--num-images must be >= feature_dim + 1 = {need} for FID; got {args.num_images}.")
-    from diffusers.utils import logging as diffusers_logging
-
-    from pipelines import SnapFusionPipeline
-
-    diffusers_logging.disable_progress_bar()  # the loading bar; the sampling bar is disabled below
     try:
         # float32 also for the fp16 bundle: these models are small, and fp16 matmuls are slow or missing on CPU
-        pipe = SnapFusionPipeline.from_pretrained(args.model, use_safetensors=True, dtype=torch.float32)
-    except (OSError, ValueError) as e:
-        fail(f"cannot load a SnapFusionPipeline from {args.model}: {e}")
-    pipe = pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
+        pipe = load_stage_pipeline(args.model, "--model").to(device)
+    except StageError as e:
+        fail(str(e))
     steps = args.steps if args.steps is not None else int(pipe.config.default_num_inference_steps)
 
     # 3. sweep

@@ -21,7 +21,6 @@ import argparse
 import json
 import math
 import shutil
-from argparse import Namespace
 from pathlib import Path
 
 import torch
@@ -280,22 +279,21 @@ def _price(table: LatencyTable, unet, h, w, pipe) -> float:
 
 
 def _robust_train(pipe, args, folder: Path):
-    """A short robust-training run (training.robust's loop) on the current architecture, in-process."""
-    from .train_teacher import train_denoiser
+    """A short robust-training run (``training.robust``, with its own parser's defaults) of the current
+    architecture, in-process, into ``folder``; returns the trained pipeline."""
+    from . import robust
 
-    targs = Namespace(
-        output=str(folder), seed=args.seed, max_steps=args.robust_steps, batch_size=args.robust_batch_size,
-        gradient_accumulation_steps=1, lr=args.robust_lr, weight_decay=0.01, warmup_steps=0, max_grad_norm=1.0,
-        mixed_precision="no", gradient_checkpointing=False, ema_decay=0.0, checkpoint_every=10**9,
-        checkpoints_total_limit=1, resume=None, overwrite=True, log_with="none", num_workers=0, data=args.data,
-        image_column="image", caption_column="text", resolution=args.resolution, pretrained=None,
-        prediction_type=None, caption_dropout=0.1, train_text_encoder=False, snr_gamma=None,
-        default_steps=pipe.config.default_num_inference_steps, default_guidance=pipe.config.default_guidance_scale,
-    )  # fmt: skip
-    train_denoiser(targs, "evolve_robust", block_keep_prob=args.robust_keep_prob, components=dict(pipe.components))
-    new = SnapFusionPipeline.from_pretrained(str(folder), use_safetensors=True)
-    new.set_progress_bar_config(disable=True)
-    return new
+    rargs = robust.parse_args([
+        "--output", str(folder), "--overwrite", "--seed", str(args.seed), "--max-steps", str(args.robust_steps),
+        "--batch-size", str(args.robust_batch_size), "--lr", str(args.robust_lr),
+        "--block-keep-prob", str(args.robust_keep_prob), "--data", args.data, "--resolution", str(args.resolution),
+        "--no-train-text-encoder", "--checkpoint-every", str(10**9), "--checkpoints-total-limit", "1",
+        "--log-with", "none", "--default-steps", str(pipe.config.default_num_inference_steps),
+        "--default-guidance", str(pipe.config.default_guidance_scale),
+    ])  # fmt: skip
+    robust.train_denoiser(rargs, "evolve_robust", block_keep_prob=rargs.block_keep_prob,
+                          components=dict(pipe.components))  # fmt: skip
+    return load_stage_pipeline(str(folder), "the robust-trained snapshot")
 
 
 def _plot(log: dict, path: Path) -> None:

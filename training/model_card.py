@@ -13,7 +13,6 @@ import argparse
 import json
 import re
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -21,6 +20,8 @@ import torch
 from pipelines import EfficientUNet2DConditionModel, PixelShuffleVAEDecoder
 from pipelines.latency import host_description
 from pipelines.profiling import count_decoder_params, count_params
+from pipelines.psnr import psnr
+from pipelines.timing import Timer, time_ms
 from pipelines.vae_compressed import with_plain_resnet_blocks
 
 from .common import StageError, run_cli
@@ -65,12 +66,12 @@ def card_stage_lines(card: str) -> dict[str, list[str]]:
 def seconds_per_image(pipe, repeats: int) -> dict:
     """Median wall time of one 1-image generation at the model's default steps and guidance (with CFG)."""
     times, last = [], None
+    prompt = "a big red circle in the center on a gray background"
     for i in range(repeats + 1):  # first run is a warm-up
-        t0 = time.perf_counter()
-        prompt = "a big red circle in the center on a gray background"
-        last = pipe(prompt, generator=torch.Generator().manual_seed(i)).timings
+        with Timer(pipe.device) as t:
+            last = pipe(prompt, generator=torch.Generator().manual_seed(i)).timings
         if i:
-            times.append(time.perf_counter() - t0)
+            times.append(t.ms / 1000)
     return {"seconds": statistics.median(times), "repeats": repeats, "timings_ms": {
         k: round(last[k], 2) for k in ("text_encoder_ms", "unet_ms_mean", "unet_ms_total", "decoder_ms", "total_ms")}}
 
@@ -91,14 +92,14 @@ def decoder_report(student, teacher, num_latents: int = 64, steps: int = 20, gui
     prompts = [s.caption for s in ToyWorld(0).heldout(10**6, num_latents)]  # never seen by any stage
     full, small = teacher.vae, student.vae_decoder
     scale = teacher.vae.config.scaling_factor
-    psnr = {}
+    psnr_db = {}
     for name, pipe in (("teacher_latents", teacher), ("student_latents", student)):
         g = torch.Generator().manual_seed(12345)
         z = pipe(prompts, num_inference_steps=steps if name == "teacher_latents" else None, guidance_scale=guidance,
                  generator=g, output_type="latent").images / scale  # fmt: skip
         ref = ((full.decode(z).sample + 1) / 2).clamp(0, 1)
         out = ((small(z) + 1) / 2).clamp(0, 1)
-        psnr[name] = (10 * torch.log10(1.0 / torch.nn.functional.mse_loss(out, ref))).item()
+        psnr_db[name] = psnr(ref, out, peak=1.0)
     z1 = z[:1]
     plain = with_plain_resnet_blocks(full)  # same outputs, so the compressed decoder's plain blocks do not flatter
     times = {"full": [], "full_plain": [], "compressed": []}
@@ -106,12 +107,11 @@ def decoder_report(student, teacher, num_latents: int = 64, steps: int = 20, gui
            "compressed": lambda: small(z1)}  # fmt: skip
     for i in range(repeats + 1):  # interleaved; the first round is a warm-up
         for key, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
+            ms = time_ms(fn, full.device)
             if i:
-                times[key].append((time.perf_counter() - t0) * 1000)
+                times[key].append(ms)
     ms = {k: statistics.median(v) for k, v in times.items()}
-    return {"num_latents": num_latents, "steps": steps, "guidance": guidance, "psnr_db": psnr,
+    return {"num_latents": num_latents, "steps": steps, "guidance": guidance, "psnr_db": psnr_db,
             "full_ms": ms["full"], "compressed_ms": ms["compressed"], "speedup": ms["full"] / ms["compressed"],
             "full_plain_ms": ms["full_plain"], "speedup_vs_plain": ms["full_plain"] / ms["compressed"],
             "params_full": count_decoder_params(full), "params_compressed": count_decoder_params(small),

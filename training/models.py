@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
 
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from diffusers import AutoencoderKL
 from pipelines import EfficientUNet2DConditionModel, SnapFusionPipeline
+from pipelines.loading import ModelLoadError, load_pipeline
 from pipelines.schedulers import ddim_scheduler
 from pipelines.tokenizer import build_clip_tokenizer
 
@@ -61,14 +61,9 @@ def build_from_scratch(preset: str, resolution: int, vocabulary: list[str], pred
 
 
 def load_stage_pipeline(path: str, what: str = "model") -> SnapFusionPipeline:
-    """Load a stage's input folder with a clear error when it is missing or malformed."""
-    p = Path(path)
-    if not (p / "model_index.json").is_file():
-        raise StageError(f"{what} {path} is not a diffusers pipeline folder (no model_index.json).")
+    """A stage's input pipeline on the CPU in fp32 (also from a folder of fp16 weights, e.g. the shipped bundle),
+    through ``pipelines.loading.load_pipeline``; a folder that cannot be loaded is a ``StageError`` naming ``what``."""
     try:
-        # fp32 for training and evaluation, also when the folder holds fp16 weights (the shipped bundle)
-        pipe = SnapFusionPipeline.from_pretrained(str(p), use_safetensors=True, dtype=torch.float32)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise StageError(f"Cannot load {what} from {path}: {e}") from None
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+        return load_pipeline(str(path), device="cpu", dtype="fp32")
+    except ModelLoadError as e:
+        raise StageError(f"{what} {path}: {e}") from None

@@ -37,6 +37,9 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from pipelines.timing import Timer
+
+from .common import fail
 from .toy_world import ATTRIBUTE_VALUES, HELDOUT_START, IMAGE_SIZE, Labels, ToyWorld, to_tensor
 
 DEFAULT_PROBE = str(Path(__file__).resolve().parent.parent / "bundle" / "probe")
@@ -225,11 +228,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.steps < 1 or args.batch_size < 1 or args.eval_samples < 1:
@@ -253,20 +251,21 @@ def main(argv=None) -> int:
     print(f"probe: {sum(p.numel() for p in probe.parameters()):,} parameters, {args.steps} steps x {args.batch_size}")
 
     # 2. train on augmented true renders, cross-entropy summed over attributes
-    t0 = time.perf_counter()
     probe.train()
-    for step in range(args.steps):
-        x, flats = true_renders(world, range(step * args.batch_size, (step + 1) * args.batch_size))
-        targets = _targets(flats)
-        _, logits = probe(augment(x, gen))
-        loss = sum(F.cross_entropy(logits[n], targets[n]) for n in ATTRIBUTE_VALUES)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 100 == 0 or step == args.steps - 1:
-            print(f"step {step:5d}  loss {loss.item():.4f}  {time.perf_counter() - t0:.0f}s", flush=True)
-    train_s = time.perf_counter() - t0
+    with Timer("cpu") as clock:
+        t0 = time.perf_counter()  # for the progress lines
+        for step in range(args.steps):
+            x, flats = true_renders(world, range(step * args.batch_size, (step + 1) * args.batch_size))
+            targets = _targets(flats)
+            _, logits = probe(augment(x, gen))
+            loss = sum(F.cross_entropy(logits[n], targets[n]) for n in ATTRIBUTE_VALUES)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if step % 100 == 0 or step == args.steps - 1:
+                print(f"step {step:5d}  loss {loss.item():.4f}  {time.perf_counter() - t0:.0f}s", flush=True)
+    train_s = clock.ms / 1000
 
     # 3. held-out accuracy (fp16 round trip, as shipped)
     probe = probe.half().float().eval()

@@ -11,8 +11,6 @@ SD-v1.5 folder). Also does the paper's "fine-tune the teacher to v-prediction" s
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import random
 import time
 
@@ -20,16 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from pipelines import EfficientUNet2DConditionModel, SnapFusionPipeline
+from pipelines.psnr import psnr
 from pipelines.schedulers import ddim_scheduler
 
-from .common import (
-    StageError, add_common_args, make_accelerator, make_ema, make_lr_scheduler, make_optimizer,
-    mark_complete, maybe_resume, prepare_output, progress, reuse_substage_time, run_cli, save_checkpoint, save_clock,
-    save_config, validate_common_args,
-    write_rank_checksum,
-)  # fmt: skip
-from .common import optimizer_step
+from .common import StageError, add_common_args, run_cli, validate_common_args
 from .data import add_data_args, infinite, make_dataloader, make_dataset
+from .loop import TrainLoop, load_substage, make_optimizer, save_substage, warm_up
 from .models import build_from_scratch, load_stage_pipeline
 
 STAGE = "train_teacher"
@@ -88,20 +82,6 @@ def denoising_loss(
     return (weight * per_sample).mean()
 
 
-def _warm_up(accelerator, name: str, steps: int, opt, loss_fn) -> None:
-    """A plain optimisation loop kept out of accelerate's state (the from-scratch VAE and text-encoder phases)."""
-    bar = progress(accelerator, steps, 0, name)
-    for step in range(steps):
-        loss = loss_fn()
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        bar.update()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        accelerator.log({f"{name}/loss": loss.item()}, step=step)
-    bar.close()
-
-
 @torch.no_grad()
 def vae_metrics(vae, dataset, num_images: int = 128) -> dict:
     """Held-out reconstruction PSNR (dB, [0, 1] range, from the posterior mean) and the posterior's noise level.
@@ -111,20 +91,18 @@ def vae_metrics(vae, dataset, num_images: int = 128) -> dict:
     x = torch.stack([dataset[i]["pixel_values"] for i in range(num_images)]).to(vae.device)
     dist = vae.encode(x).latent_dist
     recon = vae.decode(dist.mean).sample.clamp(-1, 1)
-    mse = F.mse_loss(recon.float() / 2, x.float() / 2).item()
-    return {"psnr_db": 10 * math.log10(1.0 / mse), "posterior_std": dist.std.mean().item(),
+    return {"psnr_db": psnr(x.float() / 2, recon.float() / 2, peak=1.0), "posterior_std": dist.std.mean().item(),
             "latent_std": dist.mean.std().item(), "num_images": num_images}  # fmt: skip
 
 
 def train_vae(vae, args, accelerator, out):
     """Train the VAE as an autoencoder (MSE + small KL); set scaling_factor so latents have unit std."""
-    done = out / "vae_stage"
-    if (done / "config.json").exists():
-        from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL
 
-        accelerator.print(f"VAE already trained: loading {done}")
-        reuse_substage_time(done)
-        return AutoencoderKL.from_pretrained(done)
+    done = out / "vae_stage"
+    trained = load_substage(accelerator, done, AutoencoderKL, "VAE")
+    if trained is not None:
+        return trained
     t0 = time.time()
     dataset = make_dataset(args.data, args.resolution, seed=args.seed + 1, image_column=args.image_column,
                            caption_column=args.caption_column)  # fmt: skip
@@ -142,7 +120,7 @@ def train_vae(vae, args, accelerator, out):
         recon = vae.decode(posterior.sample()).sample
         return F.mse_loss(recon, x) + args.vae_kl_weight * posterior.kl().mean()
 
-    _warm_up(accelerator, "vae", args.vae_steps, opt, loss_fn)
+    warm_up(accelerator, "vae", args.vae_steps, opt, loss_fn)
     vae.eval()
     with torch.no_grad():  # SD's recipe: scale latents to unit variance
         x = torch.cat([next(it)["pixel_values"] for _ in range(4)])
@@ -152,12 +130,7 @@ def train_vae(vae, args, accelerator, out):
                                             image_column=args.image_column, caption_column=args.caption_column))
     accelerator.print(f"VAE: held-out reconstruction PSNR {metrics['psnr_db']:.2f} dB, mean posterior std "
                       f"{metrics['posterior_std']:.4f} (latent std {metrics['latent_std']:.4f})")  # fmt: skip
-    if accelerator.is_main_process:
-        vae.save_pretrained(done)
-        (done / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (done / "seconds.json").write_text(json.dumps({"seconds": time.time() - t0}))
-        save_clock(out)
-    accelerator.wait_for_everyone()
+    save_substage(accelerator, out, done, vae, metrics, time.time() - t0)
     return vae
 
 
@@ -174,13 +147,12 @@ def train_text_encoder(text_encoder, tokenizer, args, accelerator, out):
 
     from .toy_world import ATTRIBUTE_VALUES, NUM_PHRASINGS, caption, random_labels
 
-    done = out / "text_stage"
-    if (done / "config.json").exists():
-        from transformers import CLIPTextModel
+    from transformers import CLIPTextModel
 
-        accelerator.print(f"text encoder already pre-trained: loading {done}")
-        reuse_substage_time(done)
-        return CLIPTextModel.from_pretrained(done)
+    done = out / "text_stage"
+    trained = load_substage(accelerator, done, CLIPTextModel, "text encoder")
+    if trained is not None:
+        return trained
     t0 = time.time()
 
     def make(n: int, seed: int):
@@ -215,7 +187,7 @@ def train_text_encoder(text_encoder, tokenizer, args, accelerator, out):
         y = train_labels[pick].to(device)
         return sum(F.cross_entropy(lg, y[:, i]) for i, lg in enumerate(logits(train_ids[pick])))
 
-    _warm_up(accelerator, "text", args.text_steps, opt, loss_fn)
+    warm_up(accelerator, "text", args.text_steps, opt, loss_fn)
     text_encoder.eval()
     with torch.no_grad():
         preds = torch.stack([lg.argmax(1).cpu() for lg in logits(test_ids)], dim=1)  # (n, attributes)
@@ -224,37 +196,51 @@ def train_text_encoder(text_encoder, tokenizer, args, accelerator, out):
     metrics = {"heldout_captions": len(test_ids), "all_attributes": all_right,
                "per_attribute": dict(zip(ATTRIBUTE_VALUES, per_attribute.tolist()))}  # fmt: skip
     accelerator.print(f"text encoder: held-out captions read fully right {metrics['all_attributes']:.4f}")
-    if accelerator.is_main_process:
-        text_encoder.save_pretrained(done)
-        (done / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (done / "seconds.json").write_text(json.dumps({"seconds": time.time() - t0}))
-        save_clock(out)
-    accelerator.wait_for_everyone()
+    save_substage(accelerator, out, done, text_encoder, metrics, time.time() - t0)
     return text_encoder
 
 
-def train_denoiser(args, stage: str, block_keep_prob: float = 1.0, components: dict | None = None):
-    """Diffusion training of the UNet (and optionally the text encoder); shared by train_teacher and robust."""
+def scratch_components(args, loop: TrainLoop) -> tuple[dict, bool]:
+    """train_teacher without --pretrained: components built from ``--model-preset``, the VAE trained first, the text
+    encoder pre-trained on captions (``--text-steps`` > 0); returns them and whether the text encoder is ready."""
+    from .toy_world import VOCABULARY
+
+    if not args.data.startswith("toy"):
+        raise StageError("Training from scratch builds a tokenizer from the toy world's vocabulary; for "
+                         "other data pass --pretrained with a folder that has a CLIP tokenizer.")  # fmt: skip
+    components = build_from_scratch(args.model_preset, args.resolution, VOCABULARY,
+                                    args.prediction_type or "epsilon", args.seed)  # fmt: skip
+    vae = components["vae"]
+    latent_size = args.resolution // (2 ** (len(vae.config.block_out_channels) - 1))
+    if components["unet"].config.sample_size != latent_size:
+        raise StageError(f"UNet sample_size {components['unet'].config.sample_size} does not match resolution "
+                         f"{args.resolution}.")  # fmt: skip
+    components["vae"] = train_vae(vae, args, loop.accelerator, loop.out)
+    text_ready = args.text_steps > 0
+    if text_ready:
+        components["text_encoder"] = train_text_encoder(components["text_encoder"], components["tokenizer"], args,
+                                                        loop.accelerator, loop.out)  # fmt: skip
+    return components, text_ready
+
+
+def train_denoiser(args, stage: str, block_keep_prob: float = 1.0, components: dict | None = None, scratch=None):
+    """Diffusion training of the UNet (and optionally the text encoder); shared by train_teacher, robust and evolve.
+
+    Components: ``components`` given in-process (evolve), else the ``--pretrained`` folder, else
+    ``scratch(args, loop) -> (components, text_encoder_ready)`` builds them once the accelerator exists."""
     if args.snr_gamma is not None and not args.snr_gamma > 0:
         raise StageError(f"--snr-gamma must be a positive number; got {args.snr_gamma}.")
-    out = prepare_output(args)
-    accelerator = make_accelerator(args, stage)
-    save_config(args, out, stage)
+    loop = TrainLoop(args, stage)
+    device = loop.device
 
-    # 1. components: from a pipeline folder, given in-process, or from scratch
-    from_scratch = args.pretrained is None and components is None
-    if components is None:
-        if args.pretrained is not None:
-            pipe = load_stage_pipeline(args.pretrained, "--pretrained")
-            components = dict(pipe.components)
-        else:
-            from .toy_world import VOCABULARY
-
-            if not args.data.startswith("toy"):
-                raise StageError("Training from scratch builds a tokenizer from the toy world's vocabulary; for "
-                                 "other data pass --pretrained with a folder that has a CLIP tokenizer.")  # fmt: skip
-            components = build_from_scratch(args.model_preset, args.resolution, VOCABULARY,
-                                            args.prediction_type or "epsilon", args.seed)  # fmt: skip
+    # 1. components: given in-process, from a pipeline folder, or from scratch (VAE and text encoder trained first)
+    from_scratch, text_ready = components is None and args.pretrained is None, False
+    if from_scratch:
+        if scratch is None:
+            raise StageError(f"{stage} starts from a trained model: pass --pretrained DIR.")
+        components, text_ready = scratch(args, loop)
+    elif components is None:
+        components = dict(load_stage_pipeline(args.pretrained, "--pretrained").components)
     tokenizer, text_encoder, unet, vae = (components[k] for k in ("tokenizer", "text_encoder", "unet", "vae"))
     if vae is None:
         raise StageError("Denoiser training needs the full VAE (encoder) to make latents; this folder has none.")
@@ -263,24 +249,13 @@ def train_denoiser(args, stage: str, block_keep_prob: float = 1.0, components: d
     if scheduler.config.prediction_type != prediction_type:
         scheduler = type(scheduler).from_config(scheduler.config, prediction_type=prediction_type)
     # from scratch, the text encoder is pre-trained on captions, then frozen
-    text_ready = from_scratch and getattr(args, "text_steps", 0) > 0
-    if args.train_text_encoder is None:
-        train_te = from_scratch and not text_ready
-    else:
-        train_te = args.train_text_encoder
-    latent_size = args.resolution // (2 ** (len(vae.config.block_out_channels) - 1))
-    if unet.config.sample_size != latent_size and from_scratch:
-        raise StageError(f"UNet sample_size {unet.config.sample_size} does not match resolution {args.resolution}.")
+    train_te = from_scratch and not text_ready if args.train_text_encoder is None else args.train_text_encoder
 
-    # 2. VAE (only from scratch: trained first, then frozen)
-    if from_scratch:
-        vae = train_vae(vae, args, accelerator, out)
-    if text_ready:
-        text_encoder = train_text_encoder(text_encoder, tokenizer, args, accelerator, out)
-    vae.requires_grad_(False).eval().to(accelerator.device)
+    # 2. frozen parts; the UNet in training mode (with stochastic block skipping for robust training)
+    vae.requires_grad_(False).eval().to(device)
     text_encoder.requires_grad_(train_te)
     if not train_te:
-        text_encoder.eval().to(accelerator.device)
+        text_encoder.eval().to(device)
     if isinstance(unet, EfficientUNet2DConditionModel):
         unet.set_block_keep_prob(block_keep_prob)
     elif block_keep_prob < 1.0:
@@ -293,77 +268,44 @@ def train_denoiser(args, stage: str, block_keep_prob: float = 1.0, components: d
     # 3. optimizer, data, accelerate
     params = list(unet.parameters()) + (list(text_encoder.parameters()) if train_te else [])
     optimizer = make_optimizer(params, args)
-    lr_scheduler = make_lr_scheduler(optimizer, args)
     dataset = make_dataset(args.data, args.resolution, seed=args.seed, image_column=args.image_column,
                            caption_column=args.caption_column)  # fmt: skip
     loader = make_dataloader(dataset, args.batch_size, args.num_workers)
     if train_te:
-        unet, text_encoder, optimizer, loader, lr_scheduler = accelerator.prepare(
-            unet, text_encoder, optimizer, loader, lr_scheduler)  # fmt: skip
+        unet, loader, text_encoder = loop.prepare(unet, optimizer, loader, text_encoder)
     else:
-        unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
-    ema = make_ema(accelerator.unwrap_model(unet), args)
-    if ema is not None:
-        ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
-    start = maybe_resume(accelerator, args, out)
-    if start and hasattr(dataset, "offset"):
-        dataset.offset = start * args.batch_size * accelerator.num_processes  # fresh samples after resume
-    rng = random.Random(args.seed + accelerator.process_index + start)
-    alphas_cumprod = scheduler.alphas_cumprod.to(accelerator.device)
+        unet, loader = loop.prepare(unet, optimizer, loader)
+    rng = random.Random(args.seed + loop.accelerator.process_index + loop.start)
+    alphas_cumprod = scheduler.alphas_cumprod.to(device)
 
-    # 4. training loop
-    bar = progress(accelerator, args.max_steps, start, stage)
-    it = infinite(loader)
-    step = start
-    while step < args.max_steps:
-        batch = next(it)
-        with accelerator.accumulate(unet):
-            x = batch["pixel_values"].to(accelerator.device)
-            captions = ["" if rng.random() < args.caption_dropout else c for c in batch["caption"]]
-            with torch.no_grad():
-                latents = vae.encode(x).latent_dist.sample() * vae.config.scaling_factor  # (B, 4, h, w)
-            ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                            return_tensors="pt").input_ids.to(accelerator.device)  # fmt: skip
-            with torch.set_grad_enabled(train_te):
-                cond = text_encoder(ids)[0]  # (B, L, D)
-            noise = torch.randn_like(latents)
-            t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
-            loss = denoising_loss(unet, latents, cond, noise, t, alphas_cumprod, prediction_type, args.snr_gamma)
-            optimizer_step(accelerator, loss, params, optimizer, lr_scheduler, args.max_grad_norm)
-        if accelerator.sync_gradients:
-            step += 1
-            if ema is not None:
-                ema.step(accelerator.unwrap_model(unet).parameters())
-            if not math.isfinite(loss.item()):
-                raise RuntimeError(f"loss became {loss.item()} at step {step}; lower --lr")
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            accelerator.log({f"{stage}/loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]}, step=step)
-            if step % args.checkpoint_every == 0 and step < args.max_steps:
-                save_checkpoint(accelerator, args, out, step, stage)
-    bar.close()
+    # 4. training loop: the denoising loss of a batch (caption dropout for classifier-free guidance)
+    def loss_fn(batch):
+        x = batch["pixel_values"].to(device)
+        captions = ["" if rng.random() < args.caption_dropout else c for c in batch["caption"]]
+        with torch.no_grad():
+            latents = vae.encode(x).latent_dist.sample() * vae.config.scaling_factor  # (B, 4, h, w)
+        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids.to(device)  # fmt: skip
+        with torch.set_grad_enabled(train_te):
+            cond = text_encoder(ids)[0]  # (B, L, D)
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
+        return denoising_loss(unet, latents, cond, noise, t, alphas_cumprod, prediction_type, args.snr_gamma)
+
+    loop.run(infinite(loader), loss_fn)
 
     # 5. save a pipeline folder that SnapFusionPipeline loads unchanged
-    accelerator.wait_for_everyone()
-    write_rank_checksum(accelerator, unet, out)
-    unet = accelerator.unwrap_model(unet)
-    if ema is not None:
-        ema.copy_to(unet.parameters())
+    unet = loop.finish()
     if isinstance(unet, EfficientUNet2DConditionModel):
         unet.set_block_keep_prob(1.0)
     unet.eval()
-    text_encoder = accelerator.unwrap_model(text_encoder).eval()
-    if accelerator.is_main_process:
-        pipe = SnapFusionPipeline(
-            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-            vae_decoder=components.get("vae_decoder"), default_num_inference_steps=args.default_steps,
-            default_guidance_scale=args.default_guidance,
-        )  # fmt: skip
-        pipe.save_pretrained(out)
-        mark_complete(out, {"stage": stage, "steps": step, "final_loss": loss.item()})
-    accelerator.end_training()
-    return out
+    text_encoder = loop.accelerator.unwrap_model(text_encoder).eval()
+    pipe = SnapFusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        vae_decoder=components.get("vae_decoder"), default_num_inference_steps=args.default_steps,
+        default_guidance_scale=args.default_guidance,
+    )  # fmt: skip
+    return loop.save(pipe, {"final_loss": loop.loss})
 
 
 def main(args):
@@ -372,7 +314,7 @@ def main(args):
         raise StageError(f"--vae-steps must be >= 1 when training from scratch; got {args.vae_steps}.")
     if args.text_steps < 0:
         raise StageError(f"--text-steps must be >= 0 (0 trains the text encoder jointly); got {args.text_steps}.")
-    return train_denoiser(args, STAGE)
+    return train_denoiser(args, STAGE, scratch=scratch_components)
 
 
 if __name__ == "__main__":

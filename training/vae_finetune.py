@@ -19,12 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from pipelines import SnapFusionPipeline
+from pipelines.psnr import psnr
 
-from .common import (
-    StageError, add_common_args, make_accelerator, make_lr_scheduler, make_optimizer, mark_complete, maybe_resume,
-    optimizer_step, prepare_output, progress, run_cli, save_checkpoint, save_config, validate_common_args,
-)  # fmt: skip
+from .common import StageError, add_common_args, run_cli, validate_common_args
 from .data import add_data_args, infinite, make_dataloader, make_dataset
+from .loop import TrainLoop, make_optimizer
 from .models import load_stage_pipeline
 
 STAGE = "vae_finetune"
@@ -42,12 +41,11 @@ def parse_args(argv=None):
 @torch.no_grad()
 def reconstruction_psnr(vae, images: torch.Tensor, batch_size: int = 64) -> float:
     """PSNR (dB, images in [0, 1]) of decode(encoder mean) against ``images`` (N, 3, H, W) in [-1, 1]."""
-    err = 0.0
+    recon = []
     for i in range(0, len(images), batch_size):
         x = images[i : i + batch_size].to(vae.device)
-        recon = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
-        err += F.mse_loss(recon.float() / 2, x.float() / 2, reduction="sum").item()
-    return 10 * torch.log10(torch.tensor(images[0].numel() * len(images) / err)).item()
+        recon.append(vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1).float().cpu())
+    return psnr(images.float() / 2, torch.cat(recon) / 2, peak=1.0)  # over every image together
 
 
 def main(args):
@@ -57,10 +55,8 @@ def main(args):
     pipe = load_stage_pipeline(args.pretrained, "--pretrained")
     if pipe.vae is None:
         raise StageError(f"{args.pretrained} has no full VAE (encoder + decoder) to fine-tune.")
-    out = prepare_output(args)
-    accelerator = make_accelerator(args, STAGE)
-    save_config(args, out, STAGE)
-    device = accelerator.device
+    loop = TrainLoop(args, STAGE)
+    device = loop.device
     vae = pipe.vae.to(device)
     vae.requires_grad_(False).eval()
     vae.decoder.requires_grad_(True).train()  # post_quant_conv stays frozen with the encoder side
@@ -74,55 +70,33 @@ def main(args):
     vae.decoder.eval()
     psnr_before = reconstruction_psnr(vae, eval_images)
     vae.decoder.train()
-    accelerator.print(f"held-out reconstruction PSNR before: {psnr_before:.2f} dB")
+    loop.accelerator.print(f"held-out reconstruction PSNR before: {psnr_before:.2f} dB")
 
     dataset = make_dataset(args.data, args.resolution, seed=args.seed, image_column=args.image_column,
                            caption_column=args.caption_column)  # fmt: skip
-    loader = make_dataloader(dataset, args.batch_size, args.num_workers)
-    params = list(vae.decoder.parameters())
-    optimizer = make_optimizer(params, args)
-    lr_scheduler = make_lr_scheduler(optimizer, args)
-    decoder, optimizer, loader, lr_scheduler = accelerator.prepare(vae.decoder, optimizer, loader, lr_scheduler)
-    start = maybe_resume(accelerator, args, out)
-    if start and hasattr(dataset, "offset"):
-        dataset.offset = start * args.batch_size * accelerator.num_processes  # fresh samples after resume
-    bar = progress(accelerator, args.max_steps, start, STAGE)
-    it = infinite(loader)
-    step = start
-    while step < args.max_steps:
-        x = next(it)["pixel_values"].to(device)  # (B, 3, R, R) in [-1, 1]
-        with accelerator.accumulate(decoder):
-            with torch.no_grad():  # the frozen encoder: the latents the UNet was trained on (a posterior sample)
-                z = vae.post_quant_conv(vae.encode(x).latent_dist.sample())
-            loss = F.mse_loss(decoder(z).float(), x.float())
-            optimizer_step(accelerator, loss, params, optimizer, lr_scheduler, args.max_grad_norm)
-        if accelerator.sync_gradients:
-            step += 1
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.5f}")
-            accelerator.log({f"{STAGE}/mse": loss.item()}, step=step)
-            if step % args.checkpoint_every == 0 and step < args.max_steps:
-                save_checkpoint(accelerator, args, out, step, STAGE)
-    bar.close()
+    optimizer = make_optimizer(vae.decoder.parameters(), args)
+    decoder, loader = loop.prepare(vae.decoder, optimizer, make_dataloader(dataset, args.batch_size, args.num_workers))
 
-    accelerator.wait_for_everyone()
-    vae.decoder = accelerator.unwrap_model(decoder)
+    def loss_fn(batch):  # pixel MSE of the decoded latents the UNet was trained on (a posterior sample)
+        x = batch["pixel_values"].to(device)  # (B, 3, R, R) in [-1, 1]
+        with torch.no_grad():  # the frozen encoder
+            z = vae.post_quant_conv(vae.encode(x).latent_dist.sample())
+        return F.mse_loss(decoder(z).float(), x.float())
+
+    loop.run(infinite(loader), loss_fn)
+
+    vae.decoder = loop.finish()
     vae.eval()
     psnr_after = reconstruction_psnr(vae, eval_images)
-    accelerator.print(f"held-out reconstruction PSNR after: {psnr_after:.2f} dB (before: {psnr_before:.2f} dB)")
-    if accelerator.is_main_process:
-        new = SnapFusionPipeline(
-            vae=vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
-            scheduler=pipe.scheduler, vae_decoder=pipe.vae_decoder,
-            default_num_inference_steps=pipe.config.default_num_inference_steps,
-            default_guidance_scale=pipe.config.default_guidance_scale,
-        )  # fmt: skip
-        new.save_pretrained(out)
-        mark_complete(out, {"stage": STAGE, "steps": step, "final_mse": loss.item(),
-                            "psnr_db_before": psnr_before, "psnr_db_after": psnr_after,
-                            "eval_images": len(eval_images)})  # fmt: skip
-    accelerator.end_training()
-    return out
+    loop.accelerator.print(f"held-out reconstruction PSNR after: {psnr_after:.2f} dB (before: {psnr_before:.2f} dB)")
+    new = SnapFusionPipeline(
+        vae=vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
+        scheduler=pipe.scheduler, vae_decoder=pipe.vae_decoder,
+        default_num_inference_steps=pipe.config.default_num_inference_steps,
+        default_guidance_scale=pipe.config.default_guidance_scale,
+    )  # fmt: skip
+    return loop.save(new, {"final_mse": loop.loss, "psnr_db_before": psnr_before, "psnr_db_after": psnr_after,
+                           "eval_images": len(eval_images)})  # fmt: skip
 
 
 if __name__ == "__main__":
