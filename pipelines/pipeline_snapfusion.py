@@ -2,6 +2,11 @@
 
 The same pipeline runs SD-v1.5 (stock ``UNet2DConditionModel``, 50 steps) and SnapFusion (efficient UNet,
 step-distilled, compressed decoder, 8 steps), so both sides of a comparison are timed by the same code.
+
+It is a drop-in for diffusers' ``StableDiffusionPipeline`` (the contract of diffusers' ``PipelineTesterMixin``):
+one generator per image, ``prompt_embeds`` / ``negative_prompt_embeds``, optional components set to ``None``,
+``components``, and the properties that ``callback_on_step_end`` callbacks read and write (``guidance_scale``,
+``num_timesteps``, ``do_classifier_free_guidance``, ``cross_attention_kwargs``, ``interrupt``).
 """
 
 from __future__ import annotations
@@ -15,14 +20,18 @@ import numpy as np
 import PIL.Image
 import torch
 
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput, logging
+from diffusers.utils.torch_utils import randn_tensor
 
 from .timing import Timer
 
 logger = logging.get_logger(__name__)
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
 @dataclass
@@ -34,6 +43,48 @@ class SnapFusionPipelineOutput(BaseOutput):
     timings: dict[str, Any] = field(default_factory=dict)
 
 
+class _OptionalComponents:
+    """``SnapFusionPipeline._optional_components``, which depends on who asks.
+
+    The class (diffusers' ``from_pretrained`` / ``save_pretrained`` bookkeeping) gets every component a saved folder
+    may lack, so a decoder-only pipeline (``vae=None``, a ``vae_decoder``) saves and loads. A pipeline gets the
+    components it can generate without right now, which is what diffusers' ``test_save_load_optional_components``
+    sets to ``None`` before it calls: the safety checker and its feature extractor, and whichever of ``vae`` /
+    ``vae_decoder`` is not the one that decodes (``vae_decoder`` when there is one, else ``vae``)."""
+
+    ALL = ("vae", "vae_decoder", "safety_checker", "feature_extractor")
+
+    def __get__(self, pipe, owner) -> list[str]:
+        if pipe is None:
+            return list(self.ALL)
+        spare = "vae" if getattr(pipe, "vae_decoder", None) is not None else "vae_decoder"
+        return [spare, "safety_checker", "feature_extractor"]
+
+
+class _InterruptFlag:
+    """``pipe.interrupt``: diffusers' flag (``if pipe.interrupt:``; true once a stop was asked for the running call)
+    that is also callable: ``pipe.interrupt()`` stops the running ``__call__`` after its current step (the app's
+    cancel button). Callbacks written for diffusers set ``pipe._interrupt = True``, which this flag reads."""
+
+    __slots__ = ("_pipe",)
+    __hash__ = None
+
+    def __init__(self, pipe):
+        self._pipe = pipe
+
+    def __bool__(self) -> bool:
+        return bool(getattr(self._pipe, "_interrupt", False))
+
+    def __eq__(self, other) -> bool:
+        return bool(self) == other
+
+    def __call__(self) -> None:
+        self._pipe._interrupt = True
+
+    def __repr__(self) -> str:
+        return repr(bool(self))
+
+
 class SnapFusionPipeline(DiffusionPipeline):
     """Text-to-image pipeline for a stock SD-1.x UNet or an ``EfficientUNet2DConditionModel``.
 
@@ -41,11 +92,14 @@ class SnapFusionPipeline(DiffusionPipeline):
     (``CLIPTextModel``), ``tokenizer`` (``CLIPTokenizer``), ``unet``, ``scheduler``; optional ``vae_decoder``
     (``CompressedVAEDecoder``, used for decoding instead of ``vae``), ``safety_checker`` and
     ``feature_extractor`` (loaded from stock SD folders and applied when present).
+
+    ``default_num_inference_steps`` / ``default_guidance_scale`` are the model's recommended values (config, not
+    components: like diffusers' ``requires_safety_checker`` they are not in ``pipe.components``).
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
-    _optional_components = ["vae", "vae_decoder", "safety_checker", "feature_extractor"]
-    _callback_tensor_inputs = ["latents", "prompt_embeds"]
+    _optional_components = _OptionalComponents()
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
     def __init__(
         self,
@@ -62,8 +116,6 @@ class SnapFusionPipeline(DiffusionPipeline):
         requires_safety_checker: bool = False,
     ):
         super().__init__()
-        if vae is None and vae_decoder is None:
-            raise ValueError("SnapFusionPipeline needs a `vae` or a `vae_decoder` to decode latents.")
         self.register_modules(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
             vae_decoder=vae_decoder, safety_checker=safety_checker, feature_extractor=feature_extractor,
@@ -73,15 +125,29 @@ class SnapFusionPipeline(DiffusionPipeline):
             default_guidance_scale=default_guidance_scale,
             requires_safety_checker=requires_safety_checker,
         )
-        decoder = vae_decoder if vae_decoder is not None else vae
-        self.vae_scale_factor = getattr(decoder, "vae_scale_factor", None) or 2 ** (
-            len(decoder.config.block_out_channels) - 1
-        )  # AutoencoderKL has no such property
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self._warned_truncation = False
         self._interrupt = False
+        self._guidance_scale = float(default_guidance_scale)
+        self._cross_attention_kwargs = None
+        self._num_timesteps = 0
 
     # ------------------------------------------------------------------ helpers
+
+    @property
+    def decoder(self):
+        """The module that decodes latents: ``vae_decoder`` when there is one, else ``vae`` (None without both)."""
+        return self.vae_decoder if getattr(self, "vae_decoder", None) is not None else getattr(self, "vae", None)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Image pixels per latent pixel of the decoder in use (8 when there is none, as diffusers assumes)."""
+        decoder = self.decoder
+        if decoder is None:
+            return 8
+        return getattr(decoder, "vae_scale_factor", None) or 2 ** (
+            len(decoder.config.block_out_channels) - 1
+        )  # AutoencoderKL has no such property
 
     @property
     def unet_downsample_factor(self) -> int:
@@ -92,23 +158,71 @@ class SnapFusionPipeline(DiffusionPipeline):
         """Height and width must be multiples of this (VAE factor x UNet downsampling)."""
         return self.vae_scale_factor * self.unet_downsample_factor
 
-    def interrupt(self) -> None:
-        """Stop the running ``__call__`` after its current step (used by the app's cancel button)."""
-        self._interrupt = True
+    # diffusers' callback properties: a ``callback_on_step_end`` may read them, or set ``pipe._guidance_scale``
+    # (e.g. to 0.0 to stop classifier-free guidance from that step on) and ``pipe._interrupt``.
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1.0 and getattr(self.unet.config, "time_cond_proj_dim", None) is None
+
+    @property
+    def cross_attention_kwargs(self) -> dict | None:
+        return self._cross_attention_kwargs
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> _InterruptFlag:
+        """True once a stop was asked; ``pipe.interrupt()`` asks the running call to stop after its current step."""
+        return _InterruptFlag(self)
+
+    def _check_embeds(self, name: str, embeds, batch: int | None) -> None:
+        if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3:
+            got = tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__
+            raise ValueError(f"`{name}` must be a (batch, tokens, features) tensor; got {got}.")
+        dim = getattr(getattr(self.unet, "config", None), "cross_attention_dim", None)
+        if dim is not None and embeds.shape[-1] != dim:
+            raise ValueError(f"`{name}` has {embeds.shape[-1]} features per token; the UNet expects {dim}.")
+        if batch is not None and embeds.shape[0] != batch:
+            raise ValueError(f"`{name}` has batch {embeds.shape[0]} but the prompts are {batch}; they must match.")
 
     def check_inputs(self, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
-                     num_images_per_prompt, output_type):  # fmt: skip
-        is_list_of_str = isinstance(prompt, list) and all(isinstance(p, str) for p in prompt)
-        if not (isinstance(prompt, str) or is_list_of_str):
-            raise ValueError(f"`prompt` must be a string or a list of strings; got {type(prompt).__name__}.")
+                     num_images_per_prompt, output_type, prompt_embeds=None, negative_prompt_embeds=None,
+                     callback_on_step_end_tensor_inputs=None, generator=None):  # fmt: skip
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError("Pass `prompt` or `prompt_embeds`, not both.")
+        if prompt is None and prompt_embeds is None:
+            raise ValueError("Pass `prompt` (a string or a list of strings) or `prompt_embeds`.")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("Pass `negative_prompt` or `negative_prompt_embeds`, not both.")
+        batch = None
+        if prompt is not None:
+            is_list_of_str = isinstance(prompt, list) and all(isinstance(p, str) for p in prompt)
+            if not (isinstance(prompt, str) or is_list_of_str):
+                raise ValueError(f"`prompt` must be a string or a list of strings; got {type(prompt).__name__}.")
+            batch = 1 if isinstance(prompt, str) else len(prompt)
+        else:
+            self._check_embeds("prompt_embeds", prompt_embeds, None)
+            batch = prompt_embeds.shape[0]
+        if negative_prompt_embeds is not None:
+            self._check_embeds("negative_prompt_embeds", negative_prompt_embeds, batch)
+            if prompt_embeds is not None and prompt_embeds.shape != negative_prompt_embeds.shape:
+                raise ValueError(
+                    f"`prompt_embeds` {tuple(prompt_embeds.shape)} and `negative_prompt_embeds` "
+                    f"{tuple(negative_prompt_embeds.shape)} must have the same shape."
+                )
         if negative_prompt is not None and not isinstance(negative_prompt, (str, list)):
             raise ValueError(
                 f"`negative_prompt` must be a string, a list of strings or None; got {negative_prompt!r}."
             )
-        if isinstance(prompt, list) and isinstance(negative_prompt, list) and len(prompt) != len(negative_prompt):
+        if isinstance(negative_prompt, list) and len(negative_prompt) != batch:
             raise ValueError(
-                f"`negative_prompt` has {len(negative_prompt)} entries but `prompt` has {len(prompt)}; "
-                "they must match."
+                f"`negative_prompt` has {len(negative_prompt)} entries but `prompt` has {batch}; they must match."
             )
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
             raise ValueError(f"`num_inference_steps` must be an integer >= 1; got {num_inference_steps!r}.")
@@ -134,8 +248,25 @@ class SnapFusionPipeline(DiffusionPipeline):
                 )
         if not isinstance(num_images_per_prompt, (int, np.integer)) or num_images_per_prompt < 1:
             raise ValueError(f"`num_images_per_prompt` must be an integer >= 1; got {num_images_per_prompt!r}.")
-        if output_type not in ("pil", "np", "pt", "latent"):
+        if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of 'pil', 'np', 'pt', 'latent'; got {output_type!r}.")
+        if output_type != "latent" and self.decoder is None:
+            raise ValueError("This pipeline has no `vae` and no `vae_decoder`: only output_type='latent' works.")
+        if output_type != "latent" and self.safety_checker is not None and self.feature_extractor is None:
+            raise ValueError("This pipeline has a `safety_checker` but no `feature_extractor`; set both or neither.")
+        bad = [k for k in callback_on_step_end_tensor_inputs or () if k not in self._callback_tensor_inputs]
+        if bad:
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` may name {self._callback_tensor_inputs}; got {bad}."
+            )
+        if isinstance(generator, list):
+            if not all(isinstance(g, torch.Generator) for g in generator):
+                raise ValueError("`generator` must be a torch.Generator or a list of them (one per image).")
+            if len(generator) != batch * num_images_per_prompt:
+                raise ValueError(
+                    f"`generator` is a list of {len(generator)} generators but {batch * num_images_per_prompt} "
+                    "images are asked for (prompts x num_images_per_prompt); pass one generator per image."
+                )
 
     def _tokenize(self, texts: list[str]) -> torch.Tensor:
         max_len = self.tokenizer.model_max_length
@@ -150,18 +281,69 @@ class SnapFusionPipeline(DiffusionPipeline):
                 )
         return ids.input_ids
 
-    def encode_prompt(self, prompt: list[str], device, num_images_per_prompt: int, do_cfg: bool,
-                      negative_prompt: list[str] | None) -> torch.Tensor:  # fmt: skip
-        """(2B or B, L, D) text features: unconditional first when classifier-free guidance is on."""
-        texts = list(prompt)
-        if do_cfg:
-            texts = (negative_prompt or [""] * len(prompt)) + texts
-        ids = self._tokenize(texts).to(device)
-        embeds = self.text_encoder(ids)[0].to(dtype=self.unet.dtype)
-        return embeds.repeat_interleave(num_images_per_prompt, dim=0)
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None,
+        device,
+        num_images_per_prompt: int,
+        do_classifier_free_guidance: bool,
+        negative_prompt: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(prompt_embeds, negative_prompt_embeds)``, each (B * num_images_per_prompt, L, D), as diffusers'
+        ``StableDiffusionPipeline.encode_prompt``; the negative ones only with classifier-free guidance.
+
+        Texts that need encoding go through the text encoder in one batch, negatives first."""
+        texts = [prompt] if isinstance(prompt, str) else prompt
+        batch = len(texts) if texts is not None else prompt_embeds.shape[0]
+        negatives = []
+        if do_classifier_free_guidance and negative_prompt_embeds is None:
+            if negative_prompt is None:
+                negatives = [""] * batch
+            else:
+                negatives = [negative_prompt] * batch if isinstance(negative_prompt, str) else list(negative_prompt)
+        to_encode = negatives + (list(texts) if prompt_embeds is None else [])
+        if to_encode:
+            if self.text_encoder is None or self.tokenizer is None:
+                raise ValueError(
+                    "This pipeline has no text encoder: pass `prompt_embeds` (and `negative_prompt_embeds` with "
+                    "guidance_scale > 1) instead of text."
+                )
+            encoded = self.text_encoder(self._tokenize(to_encode).to(device))[0]  # (N, L, D)
+            if negatives:
+                negative_prompt_embeds, encoded = encoded[:batch], encoded[batch:]
+            if prompt_embeds is None:
+                prompt_embeds = encoded
+        if self.unet is not None:
+            dtype = self.unet.dtype
+        elif self.text_encoder is not None:
+            dtype = self.text_encoder.dtype
+        else:
+            dtype = prompt_embeds.dtype
+        prompt_embeds = prompt_embeds.to(device=device, dtype=dtype).repeat_interleave(num_images_per_prompt, dim=0)
+        if do_classifier_free_guidance:
+            negative_prompt_embeds = negative_prompt_embeds.to(device=device, dtype=dtype)
+            negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+        return prompt_embeds, negative_prompt_embeds
+
+    def prepare_latents(self, batch_size: int, height: int, width: int, device, generator, latents=None):
+        """(B, C, H/f, W/f) initial latents scaled by the scheduler's ``init_noise_sigma``.
+
+        The noise is drawn in float32 on the generator's device (the CPU without one) and then moved, so a seed
+        gives the same image on every device; a list holds one generator per image (``randn_tensor``)."""
+        shape = (batch_size, self.unet.config.in_channels, height // self.vae_scale_factor,
+                 width // self.vae_scale_factor)  # fmt: skip
+        if latents is None:
+            first = generator[0] if isinstance(generator, list) else generator
+            rand_device = first.device if isinstance(first, torch.Generator) else torch.device("cpu")
+            latents = randn_tensor(shape, generator=generator, device=rand_device, dtype=torch.float32)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"`latents` has shape {tuple(latents.shape)}; expected {shape}.")
+        return latents.to(device=device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
 
     def run_safety_checker(self, image: torch.Tensor, device, dtype):
-        if self.safety_checker is None or self.feature_extractor is None:
+        if self.safety_checker is None:
             return image, None
         pil = self.image_processor.postprocess(image, output_type="pil")
         inputs = self.feature_extractor(pil, return_tensors="pt").to(device)
@@ -170,16 +352,16 @@ class SnapFusionPipeline(DiffusionPipeline):
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) latents -> (B, 3, H, W) images in [-1, 1]."""
-        decoder = self.vae_decoder if self.vae_decoder is not None else self.vae
+        decoder = self.decoder
         scale = decoder.config.scaling_factor
-        return decoder.decode(latents / scale, return_dict=False)[0]
+        return decoder.decode(latents.to(decoder.dtype) / scale, return_dict=False)[0]
 
     # ------------------------------------------------------------------ sampling
 
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str] = "",
+        prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
@@ -190,76 +372,90 @@ class SnapFusionPipeline(DiffusionPipeline):
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
-        callback_on_step_end: Callable[[Any, int, torch.Tensor, dict], dict] | None = None,
+        callback_on_step_end: Callable[[Any, int, torch.Tensor, dict], dict] | PipelineCallback | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        cross_attention_kwargs: dict[str, Any] | None = None,
     ):
         """Generate images; ``num_inference_steps`` / ``guidance_scale`` default to the model's recommended
-        values (``default_num_inference_steps`` / ``default_guidance_scale`` in ``model_index.json``)."""
+        values (``default_num_inference_steps`` / ``default_guidance_scale`` in ``model_index.json``).
+
+        ``generator``: one, or a list with one per image (``len(prompts) * num_images_per_prompt``).
+        ``callback_on_step_end(pipe, i, t, tensors)`` runs after each step with the tensors named in
+        ``callback_on_step_end_tensor_inputs`` (from ``_callback_tensor_inputs``) and may return replacements;
+        ``pipe.interrupt()`` or ``pipe._interrupt = True`` in it stops after the current step."""
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         if num_inference_steps is None:
             num_inference_steps = self.config.default_num_inference_steps
         guidance_scale = self.config.default_guidance_scale if guidance_scale is None else guidance_scale
         sample_size = self.unet.config.sample_size * self.vae_scale_factor
         height = sample_size if height is None else height
         width = sample_size if width is None else width
+
+        # 0. check inputs
         self.check_inputs(prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
-                          num_images_per_prompt, output_type)  # fmt: skip
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        negatives = None
-        if negative_prompt is not None:
-            negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
-        guidance_scale = float(guidance_scale)
-        do_cfg = guidance_scale > 1.0
-        device = self._execution_device
+                          num_images_per_prompt, output_type, prompt_embeds, negative_prompt_embeds,
+                          callback_on_step_end_tensor_inputs, generator)  # fmt: skip
+        self._guidance_scale = float(guidance_scale)
+        self._cross_attention_kwargs = cross_attention_kwargs
         self._interrupt = False
+        batch = prompt_embeds.shape[0] if prompt is None else 1 if isinstance(prompt, str) else len(prompt)
+        do_cfg = self.do_classifier_free_guidance
+        device = self._execution_device
         timings: dict[str, Any] = {"steps": int(num_inference_steps), "cfg": do_cfg, "device": str(device)}
         t_total = time.perf_counter()
 
-        # 1. encode prompt
+        # 1. encode prompt: (B, L, D) each; with guidance one (2B, L, D) batch, unconditional first
         with Timer(device) as t:
-            prompt_embeds = self.encode_prompt(prompts, device, num_images_per_prompt, do_cfg, negatives)
+            prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+                prompt, device, num_images_per_prompt, do_cfg, negative_prompt, prompt_embeds, negative_prompt_embeds
+            )
         timings["text_encoder_ms"] = t.ms
+        if do_cfg:
+            prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
 
         # 2. prepare timesteps
         self.scheduler.set_timesteps(int(num_inference_steps), device=device)
         timesteps = self.scheduler.timesteps
 
-        # 3. prepare latents (B, C, H/f, W/f), drawn on the CPU generator's device for reproducibility
-        batch = len(prompts) * num_images_per_prompt
-        shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
-        if latents is None:
-            gen_device = generator.device if isinstance(generator, torch.Generator) else torch.device("cpu")
-            latents = torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"`latents` has shape {tuple(latents.shape)}; expected {shape}.")
-        latents = latents.to(device=device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
+        # 3. prepare latents (B, C, H/f, W/f)
+        latents = self.prepare_latents(batch * num_images_per_prompt, height, width, device, generator, latents)
 
         # 4. denoising loop
+        unet_kwargs = {} if cross_attention_kwargs is None else {"cross_attention_kwargs": cross_attention_kwargs}
         step_ms = []
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t_step in enumerate(timesteps):
-                if self._interrupt:
+                if self.interrupt:
                     break
                 with Timer(device) as t:
-                    model_in = torch.cat([latents] * 2) if do_cfg else latents
+                    cfg_now = self.do_classifier_free_guidance  # a callback may have changed the guidance scale
+                    model_in = torch.cat([latents] * 2) if cfg_now else latents
                     model_in = self.scheduler.scale_model_input(model_in, t_step)
-                    out = self.unet(model_in, t_step, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
-                    if do_cfg:
-                        out_uncond, out_text = out.chunk(2)
-                        out = out_uncond + guidance_scale * (out_text - out_uncond)
-                    latents = self.scheduler.step(out, t_step, latents, return_dict=False)[0]
+                    noise_pred = self.unet(model_in, t_step, encoder_hidden_states=prompt_embeds, return_dict=False,
+                                           **unet_kwargs)[0]  # fmt: skip
+                    if cfg_now:
+                        noise_uncond, noise_text = noise_pred.chunk(2)
+                        noise_pred = noise_uncond + self.guidance_scale * (noise_text - noise_uncond)
+                    latents = self.scheduler.step(noise_pred, t_step, latents, return_dict=False)[0]
                 step_ms.append(t.ms)
                 if callback_on_step_end is not None:
-                    local = {"latents": latents, "prompt_embeds": prompt_embeds}
-                    cb_kwargs = {k: local[k] for k in callback_on_step_end_tensor_inputs}
+                    tensors = {"latents": latents, "prompt_embeds": prompt_embeds,
+                               "negative_prompt_embeds": negative_prompt_embeds}  # fmt: skip
+                    cb_kwargs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
                     cb_out = callback_on_step_end(self, i, t_step, cb_kwargs) or {}
                     latents = cb_out.pop("latents", latents)
+                    prompt_embeds = cb_out.pop("prompt_embeds", prompt_embeds)
+                    negative_prompt_embeds = cb_out.pop("negative_prompt_embeds", negative_prompt_embeds)
                 progress_bar.update()
         timings["unet_ms_per_step"] = step_ms
         timings["unet_ms_total"] = float(sum(step_ms))
         timings["unet_ms_mean"] = float(np.mean(step_ms)) if step_ms else 0.0
         timings["steps_run"] = len(step_ms)
-        timings["interrupted"] = self._interrupt
+        timings["interrupted"] = bool(self._interrupt)
 
         # 5. decode
         has_nsfw = None
@@ -268,8 +464,7 @@ class SnapFusionPipeline(DiffusionPipeline):
             timings["decoder_ms"] = 0.0
         else:
             with Timer(device) as t:
-                decoder = self.vae_decoder if self.vae_decoder is not None else self.vae
-                image = self.decode_latents(latents.to(decoder.dtype))
+                image = self.decode_latents(latents)
             timings["decoder_ms"] = t.ms
             image, has_nsfw = self.run_safety_checker(image, device, prompt_embeds.dtype)
 
