@@ -1,7 +1,7 @@
 """Robust vs plain training under the removal of each single block (paper Fig. 5 at toy scale).
 
 For every model given, and for every removable block of its UNet, remove that one block and measure the toy-world
-text alignment and FID (``training.evaluate``'s metrics, same probe, same prompts, same starting noise) against
+text alignment and FID (``training/toy/metrics.py``, same probe, same prompts, same starting noise) against
 the intact model. A robust-trained UNet (``training.robust``) should lose far less than a plainly trained one.
 
     python -m training.ablate --model plain=runs/mini/teacher_v --model robust=runs/mini/robust \\
@@ -21,10 +21,11 @@ import numpy as np
 import torch
 
 from .common import StageError, fail
-from .evaluate import alignment_scores, fid_from_features, generate
 from .models import load_stage_pipeline
-from .probe import DEFAULT_PROBE, load_probe
-from .toy_world import IMAGE_SIZE, ToyWorld, parse_caption, to_tensor
+from .toy.evaluation import generate
+from .toy.metrics import alignment_scores, fid_from_features
+from .toy.probe import DEFAULT_PROBE, load_probe
+from .toy.world import IMAGE_SIZE, ToyWorld, parse_caption, to_tensor
 
 FORMAT = "snapfusion-toy-removal/1"
 

@@ -1,7 +1,7 @@
 """One data interface for every stage: ``--data SPEC`` yields {"pixel_values": (3, H, W) in [-1, 1], "caption"}.
 
 SPEC is one of:
-    toy[:seed=N]            the procedural toy world (training/toy_world.py), endless and deterministic
+    toy[:seed=N]            the procedural toy world (training/toy/), endless and deterministic
     folder:PATH             image files with same-name .txt captions, or a metadata.jsonl / metadata.csv
                             (Hugging Face imagefolder layout: file_name + text columns)
     hf:PATH                 a Hugging Face `datasets` data set saved with save_to_disk, or a local
@@ -9,12 +9,16 @@ SPEC is one of:
     wds:PATTERN             webdataset tar shards as LAION/COYO ship them (jpg/png/webp + txt or json caption),
                             PATTERN a brace pattern or glob, e.g. wds:/data/laion/{00000..00099}.tar
 The decoder stage needs prompts only: ``read_prompts(path)`` reads a text file, one prompt per line.
+
+Data sources that live in a part of their own (the toy world) are found by name in ``DATA_PLUGINS``: a module
+with ``make_dataset(options, resolution, seed, offset)`` and, for training from scratch, ``VOCABULARY``.
 """
 
 from __future__ import annotations
 
 import csv
 import glob
+import importlib
 import io
 import json
 from pathlib import Path
@@ -27,6 +31,8 @@ from torch.utils.data import Dataset, IterableDataset
 from .common import StageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+DATA_PLUGINS = {"toy": "training.toy.dataset"}  # --data kind -> module
+KINDS = "toy, folder:PATH, hf:PATH or wds:PATTERN"
 
 
 def to_tensor(image: PIL.Image.Image, resolution: int) -> torch.Tensor:
@@ -41,23 +47,6 @@ def to_tensor(image: PIL.Image.Image, resolution: int) -> torch.Tensor:
         image = image.crop((left, top, left + resolution, top + resolution))
     arr = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-
-
-class ToyWorldDataset(Dataset):
-    """Map-style view of the endless toy world: item i is sample ``offset + i`` (deterministic)."""
-
-    def __init__(self, seed: int = 0, resolution: int = 64, offset: int = 0, length: int = 10**9):
-        from .toy_world import ToyWorld
-
-        self.world = ToyWorld(seed=seed)
-        self.resolution, self.offset, self.length = resolution, offset, length
-
-    def __len__(self):
-        return self.length
-
-    def __getitem__(self, i):
-        s = self.world.sample(self.offset + i)
-        return {"pixel_values": to_tensor(s.image, self.resolution), "caption": s.caption}
 
 
 class CaptionFolderDataset(Dataset):
@@ -164,16 +153,10 @@ class WebDatasetShards(IterableDataset):
 def make_dataset(spec: str, resolution: int, seed: int = 0, offset: int = 0, image_column: str = "image",
                  caption_column: str = "text"):  # fmt: skip
     if not spec:
-        raise StageError("--data is empty; use toy, folder:PATH, hf:PATH or wds:PATTERN.")
+        raise StageError(f"--data is empty; use {KINDS}.")
     kind, _, rest = spec.partition(":")
-    if kind == "toy":
-        toy_seed = seed
-        if rest:
-            key, _, value = rest.partition("=")
-            if key != "seed" or not value.isdigit():
-                raise StageError(f"--data {spec!r}: the toy world takes 'toy' or 'toy:seed=N'.")
-            toy_seed = int(value)
-        return ToyWorldDataset(seed=toy_seed, resolution=resolution, offset=offset)
+    if kind in DATA_PLUGINS:
+        return data_plugin(spec).make_dataset(rest, resolution, seed=seed, offset=offset)
     if not rest:
         raise StageError(f"--data {spec!r} names no path.")
     if kind == "folder":
@@ -182,7 +165,23 @@ def make_dataset(spec: str, resolution: int, seed: int = 0, offset: int = 0, ima
         return HFDataset(rest, resolution, image_column, caption_column)
     if kind == "wds":
         return WebDatasetShards(rest, resolution, seed)
-    raise StageError(f"--data kind {kind!r} is unknown; use toy, folder:PATH, hf:PATH or wds:PATTERN.")
+    raise StageError(f"--data kind {kind!r} is unknown; use {KINDS}.")
+
+
+def data_plugin(spec: str):
+    """The module of a ``DATA_PLUGINS`` source named by ``spec`` (``toy`` of ``toy:seed=3``), else None."""
+    kind = spec.partition(":")[0]
+    return importlib.import_module(DATA_PLUGINS[kind]) if kind in DATA_PLUGINS else None
+
+
+def vocabulary(spec: str) -> list[str]:
+    """The words a from-scratch tokenizer needs for the captions of ``--data spec``."""
+    words = getattr(data_plugin(spec), "VOCABULARY", None)
+    if words is None:
+        raise StageError(f"Training from scratch builds a tokenizer from the data's own vocabulary, which --data "
+                         f"{spec!r} does not have (only {', '.join(DATA_PLUGINS)}); pass --pretrained with a folder "
+                         "that has a CLIP tokenizer.")  # fmt: skip
+    return words
 
 
 def add_data_args(parser) -> None:
@@ -196,8 +195,6 @@ def add_data_args(parser) -> None:
 def make_dataloader(dataset, batch_size: int, num_workers: int = 0, shuffle: bool = False):
     if isinstance(dataset, IterableDataset):
         shuffle = False
-    if isinstance(dataset, ToyWorldDataset):
-        shuffle = False  # every index is already a fresh random scene
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                                        drop_last=True, persistent_workers=num_workers > 0)  # fmt: skip
 

@@ -1,22 +1,7 @@
-"""Toy-world quality metrics and the FID-vs-alignment curve (paper Fig. 4 at toy scale).
+"""Evaluate a pipeline over guidance scales and plot FID against text alignment (paper Fig. 4 at toy scale).
 
-MS-COCO FID and CLIP score cannot be computed here (no data, no weights), so a model is measured in the toy
-world (``training/toy_world.py``) with the probe (``training/probe.py``) in place of CLIP and Inception:
-
-- **text alignment** (CLIP-score stand-in): the fraction of prompted attributes the probe finds in the generated
-  image. Prompted attributes of a one-object prompt: count, background, shape, color, size, position; of a
-  two-object prompt: count, background, relation and each object's shape, color and size (positions are implied
-  by the relation). Both sides are compared in canonical form (objects left-to-right / top-to-bottom).
-- **FID** on the probe's ``feature_dim`` (64) penultimate features, generated vs true renders (set A:
-  ``ToyWorld(seed).heldout(0, K)``). The prompts are the captions of set B (``heldout(K, K)``), so the **floor**
-  FID(true renders of B, A) is what a perfect generator of those prompts would score.
-- Alignment is also measured on the 32 fixed ``validation_prompts()`` (generated in addition to the K images).
-- Scales for reading the numbers: ``alignment_true_renders`` (B's prompts judged on B's true renders, ~1.0),
-  ``alignment_unrelated_renders`` (judged on unrelated true renders A: the chance level, ~0.3) and
-  ``reference_feature_trace`` (total variance of the reference features; FID is in the same squared units).
-
-Every image has its own fixed starting noise (drawn once from ``--seed``), shared across guidance scales, so the
-points of a curve differ only by guidance.
+The measurement itself is the toy world's (``training/toy/evaluation.py``: text alignment and FID judged by the
+probe, ``training/toy/metrics.py``); this module is its command line, the curve, and joining runs.
 
     python -m training.evaluate --model bundle/student --steps 8 --guidance 1.5,2.5,4,6,7.5 --num-images 2000 \\
         [--batch-size 64] [--seed 0] [--out runs/eval/student] [--overwrite]
@@ -33,86 +18,16 @@ import argparse
 import json
 import math
 import os
-import numpy as np
-import torch
 
 from pipelines.devices import pick_device
-from pipelines.timing import Timer
 
 from .common import StageError, fail
 from .models import load_stage_pipeline
-from .probe import DEFAULT_PROBE, Probe, load_probe
-from .toy_world import IMAGE_SIZE, Labels, ToyWorld, parse_caption, to_tensor, validation_prompts
+from .toy.evaluation import DEFAULT_NUM_IMAGES, evaluate_pipeline
+from .toy.probe import DEFAULT_PROBE, load_probe
 
 FORMAT = "snapfusion-toy-eval/1"
 DEFAULT_GUIDANCE = "1.5,2.5,4,6,7.5"
-DEFAULT_NUM_IMAGES = 2000
-ATTRIBUTE_KINDS = ("count", "background", "relation", "shape", "color", "size", "position")
-
-
-# ---------------------------------------------------------------------------------------------- metrics
-
-
-def fid_from_features(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
-    """Frechet distance between Gaussians fitted to (N, D) and (M, D) features:
-    ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), in float64 (no scipy needed)."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"Features must be (N, D) and (M, D) with the same D; got {a.shape} and {b.shape}.")
-    d = a.shape[1]
-    for name, x in (("first", a), ("second", b)):
-        if len(x) < d + 1:
-            raise ValueError(
-                f"FID needs at least feature_dim + 1 = {d + 1} samples per set; the {name} set has {len(x)}."
-            )
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    w, v = np.linalg.eigh(s_a)
-    sqrt_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # S_a^1/2
-    m = sqrt_a @ s_b @ sqrt_a  # symmetric PSD; Tr((S_a S_b)^1/2) = sum of sqrt of its eigenvalues
-    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * tr_sqrt)
-
-
-def prompted_items(labels: Labels) -> dict[str, str]:
-    """The attributes a prompt asks for, ``{attribute name: canonical value}`` (see the module docstring)."""
-    flat = labels.flat()
-    if labels.count == 2:
-        return {k: v for k, v in flat.items() if not k.endswith("_position")}
-    if labels.count == 1:
-        return {k: v for k, v in flat.items() if not k.startswith("obj2_") and k != "relation"}
-    return {k: v for k, v in flat.items() if v != "none"}
-
-
-def _kind(name: str) -> str:
-    return name.split("_", 1)[1] if name.startswith("obj") else name
-
-
-def alignment_scores(prompt_labels: list[Labels], predictions: list[dict[str, str]]) -> dict:
-    """Fraction of prompted attributes found by the probe: ``overall``, ``per_attribute`` (by kind) and
-    ``per_prompt`` (one fraction per prompt). ``predictions`` are ``Probe.predict_flat`` outputs."""
-    if len(prompt_labels) != len(predictions):
-        raise ValueError(f"{len(prompt_labels)} prompts but {len(predictions)} predictions.")
-    hits = {k: 0 for k in ATTRIBUTE_KINDS}
-    total = {k: 0 for k in ATTRIBUTE_KINDS}
-    per_prompt = []
-    for labels, pred in zip(prompt_labels, predictions):
-        items = prompted_items(labels)
-        ok = [pred[name] == value for name, value in items.items()]
-        for (name, _), good in zip(items.items(), ok):
-            total[_kind(name)] += 1
-            hits[_kind(name)] += int(good)
-        per_prompt.append(float(np.mean(ok)) if ok else float("nan"))
-    n = sum(total.values())
-    return {
-        "overall": sum(hits.values()) / n if n else float("nan"),
-        "per_attribute": {k: hits[k] / total[k] for k in ATTRIBUTE_KINDS if total[k]},
-        "per_prompt": per_prompt,
-    }
-
-
-# ---------------------------------------------------------------------------------------------- checks
 
 
 def parse_guidance(text: str) -> list[float]:
@@ -130,106 +45,6 @@ def parse_guidance(text: str) -> list[float]:
             raise ValueError(f"--guidance entry {e!r} must be a finite number >= 1 (1 = no guidance).")
         out.append(g)
     return out
-
-
-def check_settings(pipe, probe: Probe, steps: int, guidances: list[float], num_images: int, batch_size: int) -> None:
-    """Raise ValueError for settings the evaluation cannot use (before any image is generated)."""
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    if size != IMAGE_SIZE:
-        raise ValueError(
-            f"The toy-world metrics need {IMAGE_SIZE}x{IMAGE_SIZE} images; this model makes {size}x{size} "
-            f"(unet sample_size {pipe.unet.config.sample_size} x VAE factor {pipe.vae_scale_factor})."
-        )
-    if IMAGE_SIZE % pipe.size_multiple:
-        raise ValueError(f"{IMAGE_SIZE} px is not a multiple of the model's size multiple {pipe.size_multiple}.")
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1; got {steps!r}.")
-    if not guidances:
-        raise ValueError("The guidance list is empty; give at least one scale, e.g. [1.5, 4, 7.5].")
-    for g in guidances:
-        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g < 1:
-            raise ValueError(f"Guidance scale {g!r} must be a finite number >= 1 (1 = no guidance).")
-    d = probe.config.feature_dim
-    if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or num_images < d + 1:
-        raise ValueError(
-            f"num_images must be >= feature_dim + 1 = {d + 1} for FID on {d}-d probe features; got {num_images!r}."
-        )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}.")
-
-
-# ---------------------------------------------------------------------------------------------- generation
-
-
-@torch.no_grad()
-def generate(pipe, prompts: list[str], latents: torch.Tensor, steps: int, guidance: float,
-             batch_size: int) -> tuple[torch.Tensor, float]:  # fmt: skip
-    """Batched generation from fixed starting noise: (N, 3, 64, 64) float images in [0, 1] (CPU) and the
-    measured wall-clock seconds of the pipeline calls."""
-    images, seconds = [], 0.0
-    for i in range(0, len(prompts), batch_size):
-        with Timer(pipe.device) as t:
-            out = pipe(prompt=prompts[i : i + batch_size], num_inference_steps=steps, guidance_scale=guidance,
-                       latents=latents[i : i + batch_size], output_type="pt")  # fmt: skip
-            img = out.images.float().cpu()  # (B, 3, H, W)
-        seconds += t.ms / 1000
-        images.append(img)
-    return torch.cat(images), seconds
-
-
-def evaluate_pipeline(pipe, probe: Probe, steps: int, guidances: list[float], num_images: int = DEFAULT_NUM_IMAGES,
-                      batch_size: int = 64, seed: int = 0, log=print) -> dict:  # fmt: skip
-    """Run the sweep; returns the results dict written as JSON (without the file-level fields)."""
-    check_settings(pipe, probe, steps, guidances, num_images, batch_size)
-    k = int(num_images)
-
-    # 1. reference sets of true renders: A (FID reference) and B (prompts; floor = FID(B, A))
-    world = ToyWorld(seed)
-    set_a, set_b = world.heldout(0, k), world.heldout(k, k)
-    images_a, images_b = to_tensor([s.image for s in set_a]), to_tensor([s.image for s in set_b])
-    feats_a = probe.features(images_a)
-    floor = fid_from_features(probe.features(images_b), feats_a)
-    # alignment scale: B's prompts judged on B's true renders (ceiling) and on unrelated true renders A (chance)
-    labels_b = [parse_caption(s.caption) for s in set_b]
-    ceiling = alignment_scores(labels_b, probe.predict_flat(images_b))["overall"]
-    chance = alignment_scores(labels_b, probe.predict_flat(images_a))["overall"]
-    log(f"floor FID (true vs true, K={k}): {floor:.3f}; alignment of true renders {ceiling:.4f}, "
-        f"of unrelated renders {chance:.4f}")  # fmt: skip
-
-    # 2. prompts: B's captions (FID + alignment), then the fixed validation prompts (alignment)
-    val = validation_prompts()
-    prompts = [s.caption for s in set_b] + [p for p, _ in val]
-    labels = [parse_caption(p) for p in prompts]
-
-    # 3. fixed starting noise per image (N, C, h, w), shared by every guidance scale
-    f = pipe.vae_scale_factor
-    shape = (len(prompts), pipe.unet.config.in_channels, IMAGE_SIZE // f, IMAGE_SIZE // f)
-    latents = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
-
-    # 4. sweep guidance (after one untimed warm-up call, so first-call overheads do not count as generation time)
-    generate(pipe, prompts[:batch_size], latents[:batch_size], 1, max(guidances), batch_size)
-    rows = []
-    for g in guidances:
-        images, seconds = generate(pipe, prompts, latents, steps, g, batch_size)
-        pred = probe.predict_flat(images)
-        fid = fid_from_features(probe.features(images[:k]), feats_a)
-        every = alignment_scores(labels, pred)
-        dist = alignment_scores(labels[:k], pred[:k])
-        fixed = alignment_scores(labels[k:], pred[k:])
-        rows.append({
-            "guidance": float(g), "alignment": every["overall"], "alignment_per_attribute": every["per_attribute"],
-            "alignment_heldout_prompts": dist["overall"], "alignment_validation_prompts": fixed["overall"],
-            "fid": fid, "floor_fid": floor, "seconds_per_image": seconds / len(prompts), "num_images": k,
-            "num_generated": len(prompts), "steps": int(steps),
-            "validation": [{"prompt": p, "alignment": a} for (p, _), a in zip(val, fixed["per_prompt"])],
-        })  # fmt: skip
-        log(f"guidance {g:g}: alignment {every['overall']:.4f}  FID {fid:.3f} (floor {floor:.3f})  "
-            f"{seconds / len(prompts) * 1000:.1f} ms/image")  # fmt: skip
-    return {"steps": int(steps), "num_images": k, "batch_size": int(batch_size), "seed": int(seed), "floor_fid": floor,
-            "alignment_true_renders": ceiling, "alignment_unrelated_renders": chance,
-            "reference_feature_trace": float(np.trace(np.cov(feats_a.double().numpy(), rowvar=False))),
-            "timing": f"measured: wall clock of the batched pipeline calls (batch {batch_size}) / images generated",
-            "results": rows}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- plotting
@@ -440,9 +255,6 @@ def main(argv=None) -> int:
     # 4. write JSON + curve
     return _write_results(res, json_path, png_path)
 
-
-__all__ = ["alignment_scores", "evaluate_pipeline", "fid_from_features", "merge_results", "parse_guidance",
-           "plot_curves", "prompted_items"]  # fmt: skip
 
 if __name__ == "__main__":
     raise SystemExit(main())

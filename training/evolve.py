@@ -18,6 +18,7 @@ log ``evolve_log.json`` and ``evolve_curve.png`` (latency vs quality over iterat
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import shutil
@@ -32,6 +33,9 @@ from .common import StageError, mark_complete, prepare_output, run_cli, save_con
 from .models import load_stage_pipeline
 
 STAGE = "evolve"
+# Quality scorers besides CLIP (--scorer), by name: "module:class", the class made with (num_images, seed), called
+# on (N, 3, H, W) images in [0, 1], with .prompts and .name.
+SCORERS = {"toy": "training.toy.scorer:ToyScorer"}
 
 
 def parse_args(argv=None):
@@ -47,7 +51,8 @@ def parse_args(argv=None):
     t.add_argument("--target-ms", type=float, default=None, help="UNet latency target per call (batch 2)")
     t.add_argument("--target-ratio", type=float, default=None, help="target as a fraction of the start latency")
     q = parser.add_argument_group("quality")
-    q.add_argument("--scorer", choices=["toy", "clip"], default="toy")
+    q.add_argument("--scorer", choices=["clip", *SCORERS], default="toy", help="clip, or a registered scorer "
+                   "(toy: the toy world's probe-judged text alignment)")  # fmt: skip
     q.add_argument("--clip-model", default=None, help="local CLIP model folder for --scorer clip")
     q.add_argument("--prompts", default=None, help="prompt file for --scorer clip (one per line)")
     q.add_argument("--eval-images", type=int, default=64, help="images per quality evaluation")
@@ -67,28 +72,6 @@ def parse_args(argv=None):
 
 
 # ---------------------------------------------------------------------- quality scorers
-
-
-class ToyScorer:
-    """Probe-judged text alignment on the toy world's validation prompts (+ held-out captions)."""
-
-    def __init__(self, num_images: int, seed: int):
-        from .evaluate import alignment_scores
-        from .probe import load_probe
-        from .toy_world import ToyWorld, parse_caption, validation_prompts
-
-        self.alignment_scores = alignment_scores
-        self.probe = load_probe()
-        prompts = [p for p, _ in validation_prompts()]
-        world = ToyWorld(seed + 1000)
-        while len(prompts) < num_images:
-            prompts.append(world.sample(len(prompts)).caption)
-        self.prompts = prompts[:num_images]
-        self.labels = [parse_caption(p) for p in self.prompts]
-        self.name = "toy alignment"
-
-    def __call__(self, images: torch.Tensor) -> float:  # (N, 3, H, W) in [0, 1]
-        return float(self.alignment_scores(self.labels, self.probe.predict_flat(images))["overall"])
 
 
 class ClipScorer:
@@ -117,6 +100,15 @@ class ClipScorer:
         img = torch.nn.functional.normalize(out.image_embeds, dim=-1)
         txt = torch.nn.functional.normalize(out.text_embeds, dim=-1)
         return float((img * txt).sum(-1).clamp(min=0).mean())
+
+
+def make_scorer(args):
+    """``--scorer``: CLIP score (``clip``) or a scorer registered by name in ``SCORERS``, made with
+    (``--eval-images``, ``--seed``)."""
+    if args.scorer == "clip":
+        return ClipScorer(args.clip_model, args.prompts, args.eval_images)
+    module, _, name = SCORERS[args.scorer].partition(":")
+    return getattr(importlib.import_module(module), name)(args.eval_images, args.seed)
 
 
 def _to_pil(x: torch.Tensor):
@@ -181,8 +173,7 @@ def main(args):
     if floor_ms > target:
         raise StageError(f"latency target {target:.2f} ms is unreachable: removing every removable block "
                          f"still takes {floor_ms:.2f} ms.")  # fmt: skip
-    scorer = ToyScorer(args.eval_images, args.seed) if args.scorer == "toy" else \
-        ClipScorer(args.clip_model, args.prompts, args.eval_images)  # fmt: skip
+    scorer = make_scorer(args)
     out = prepare_output(args)
     save_config(args, out, STAGE)
     table.save(str(out / "latency_table.json"))

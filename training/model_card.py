@@ -85,7 +85,7 @@ def decoder_report(student, teacher, num_latents: int = 64, steps: int = 20, gui
     held-out toy-world captions with noise seeds the decoder stage never used. PSNR of the decoded images (range
     [0, 1]) and decoder latency per latent (batch 1, interleaved, median of ``repeats`` after a warm-up).
     """
-    from .toy_world import ToyWorld
+    from .toy.world import ToyWorld
 
     if student.vae_decoder is None:
         raise StageError("the student has no compressed decoder (vae_decoder) to report on.")

@@ -2,8 +2,8 @@
 
 Stages run in order; a stage whose folder is complete is skipped, a stage with checkpoints resumes from its
 last one. Configs are JSON (training/configs/*.json): an ordered list of stages, each a module of training/
-and its command-line arguments, where "{name}" stands for the output folder of stage "name", "{output}" for
---output and "{var}" for a value given with --var var=value.
+(dotted for one in a sub-package, e.g. ``toy.prompts``) and its command-line arguments, where "{name}" stands for
+the output folder of stage "name", "{output}" for --output and "{var}" for a value given with --var var=value.
 
     python -m training.recipe --preset smoke --output runs/smoke        # every stage, tiny, < 3 min on CPU
     python -m training.recipe --preset mini --output runs/mini          # the shipped bundle
@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import re
 import time
 from pathlib import Path
 
 from .common import CHECKPOINT_DIR, DONE_FILE, StageError, run_cli
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-STAGE_MODULES = {"train_teacher", "vae_finetune", "robust", "evolve", "distill", "decoder", "write_prompts"}
 
 
 def parse_args(argv=None):
@@ -50,13 +50,25 @@ def load_config(args) -> dict:
         raise StageError(f"{path} needs a non-empty 'stages' list.")
     names = set()
     for s in stages:
-        if not isinstance(s, dict) or s.get("module") not in STAGE_MODULES or not s.get("name"):
-            raise StageError(f"{path}: every stage needs a 'name' and a 'module' in {sorted(STAGE_MODULES)}; got {s}.")
+        if not isinstance(s, dict) or not s.get("name") or not is_stage_module(s.get("module")):
+            raise StageError(f"{path}: every stage needs a 'name' and a 'module' of training/ with parse_args and "
+                             f"main (e.g. train_teacher, distill, toy.prompts); got {s}.")  # fmt: skip
         if s["name"] in names:
             raise StageError(f"{path}: stage name {s['name']!r} is used twice.")
         names.add(s["name"])
     config["_path"] = str(path)
     return config
+
+
+def is_stage_module(name) -> bool:
+    """``name`` is a module of training/ (dotted inside it, e.g. ``toy.prompts``) with ``parse_args`` and ``main``."""
+    if not isinstance(name, str) or not re.fullmatch(r"\w+(\.\w+)*", name):
+        return False
+    try:
+        module = importlib.import_module(f"training.{name}")
+    except ImportError:
+        return False
+    return callable(getattr(module, "parse_args", None)) and callable(getattr(module, "main", None))
 
 
 def stage_argv(stage: dict, values: dict) -> list[str]:
@@ -73,24 +85,6 @@ def stage_argv(stage: dict, values: dict) -> list[str]:
             except KeyError as e:
                 raise StageError(f"stage {stage['name']}: {{{e.args[0]}}} is not a stage name or --var.") from None
     return argv
-
-
-def write_prompts(argv: list[str]) -> None:
-    """Pseudo-stage: write toy-world captions to a prompt file (for the decoder stage)."""
-    p = argparse.ArgumentParser()
-    p.add_argument("--output", required=True)
-    p.add_argument("--count", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--resume", default=None)
-    a = p.parse_args(argv)
-    from .toy_world import ToyWorld
-
-    out = Path(a.output)
-    out.mkdir(parents=True, exist_ok=True)
-    world = ToyWorld(a.seed)
-    (out / "prompts.txt").write_text("\n".join(world.sample(i).caption for i in range(a.count)) + "\n")
-    (out / DONE_FILE).write_text(json.dumps({"stage": "write_prompts", "count": a.count}))
 
 
 def main(args):
@@ -125,11 +119,8 @@ def main(args):
             argv += ["--overwrite"]  # an interrupted stage without checkpoints: start it over
         print(f"[recipe] {s['name']}: python -m training.{s['module']} {' '.join(argv)}", flush=True)
         t0 = time.time()
-        if s["module"] == "write_prompts":
-            write_prompts(argv)
-        else:
-            module = importlib.import_module(f"training.{s['module']}")
-            module.main(module.parse_args(argv))
+        module = importlib.import_module(f"training.{s['module']}")
+        module.main(module.parse_args(argv))
         # the stage's own clock (its kept time across resumes) when it has one, else this process's wall time
         done = json.loads((folder / DONE_FILE).read_text()) if (folder / DONE_FILE).exists() else {}
         timings[s["name"]] = done.get("seconds", time.time() - t0)

@@ -11,6 +11,7 @@ SD-v1.5 folder). Also does the paper's "fine-tune the teacher to v-prediction" s
 from __future__ import annotations
 
 import argparse
+import importlib
 import random
 import time
 
@@ -22,11 +23,14 @@ from pipelines.psnr import psnr
 from pipelines.schedulers import ddim_scheduler
 
 from .common import StageError, add_common_args, run_cli, validate_common_args
-from .data import add_data_args, infinite, make_dataloader, make_dataset
+from .data import add_data_args, infinite, make_dataloader, make_dataset, vocabulary
 from .loop import TrainLoop, load_substage, make_optimizer, save_substage, warm_up
 from .models import build_from_scratch, load_stage_pipeline
 
 STAGE = "train_teacher"
+# Pre-training objectives of a from-scratch text encoder (--text-objective), by name: a module whose
+# train_text_encoder(text_encoder, tokenizer, args, accelerator, out) returns the pre-trained, frozen encoder.
+TEXT_OBJECTIVES = {"toy": "training.toy.caption_objective"}
 
 
 def add_denoiser_args(parser: argparse.ArgumentParser) -> None:
@@ -55,8 +59,10 @@ def parse_args(argv=None):
     g.add_argument("--vae-lr", type=float, default=1e-3)
     g.add_argument("--vae-batch-size", type=int, default=None, help="default: --batch-size")
     g.add_argument("--vae-kl-weight", type=float, default=1e-6)
+    g.add_argument("--text-objective", choices=sorted(TEXT_OBJECTIVES), default="toy",
+                   help="pre-training objective of the from-scratch text encoder (toy: read toy-world captions)")
     g.add_argument("--text-steps", type=int, default=300,
-                   help="steps pre-training the text encoder to read toy captions (0: train it jointly, unprepared)")
+                   help="steps pre-training the text encoder (0: train it jointly with the UNet, unprepared)")
     g.add_argument("--text-lr", type=float, default=1e-3)
     g.add_argument("--text-batch-size", type=int, default=256)
     return parser.parse_args(argv)
@@ -134,81 +140,10 @@ def train_vae(vae, args, accelerator, out):
     return vae
 
 
-def train_text_encoder(text_encoder, tokenizer, args, accelerator, out):
-    """Pre-train the from-scratch text encoder to read toy-world captions, then keep it frozen (SD-v1.5 freezes its
-    pre-trained CLIP text encoder too).
-
-    Objective: from the caption's end-of-text state (CLIP's pooled output), predict every attribute label of the
-    scene (count, background, relation, each object's shape, color, size and position) with one linear head each.
-    Without this, a randomly initialised encoder gives nearly the same states for every caption, and the UNet
-    learns to ignore the text (bundle v0). Captions and labels come from the toy world; no image is rendered.
-    """
-    import numpy as np
-
-    from .toy_world import ATTRIBUTE_VALUES, NUM_PHRASINGS, caption, random_labels
-
-    from transformers import CLIPTextModel
-
-    done = out / "text_stage"
-    trained = load_substage(accelerator, done, CLIPTextModel, "text encoder")
-    if trained is not None:
-        return trained
-    t0 = time.time()
-
-    def make(n: int, seed: int):
-        rng = np.random.default_rng(seed)
-        texts, labels = [], []
-        for _ in range(n):
-            scene = random_labels(rng)
-            texts.append(caption(scene, int(rng.integers(NUM_PHRASINGS))))
-            flat = scene.flat()
-            labels.append([ATTRIBUTE_VALUES[a].index(flat[a]) for a in ATTRIBUTE_VALUES])
-        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids  # fmt: skip
-        return ids, torch.tensor(labels)  # (n, L), (n, attributes)
-
-    train_ids, train_labels = make(min(20000, args.text_steps * args.text_batch_size), args.seed + 2)
-    test_ids, test_labels = make(2000, args.seed + 3)
-    hidden = text_encoder.config.hidden_size
-    heads = torch.nn.ModuleList([torch.nn.Linear(hidden, len(v)) for v in ATTRIBUTE_VALUES.values()])
-    params = list(text_encoder.parameters()) + list(heads.parameters())
-    opt = torch.optim.AdamW(params, lr=args.text_lr, weight_decay=0.01)
-    device = accelerator.device
-    text_encoder.to(device).train()
-    heads.to(device)
-    gen = torch.Generator().manual_seed(args.seed + 4)
-
-    def logits(ids):
-        pooled = text_encoder(ids.to(device)).pooler_output  # (B, hidden): the end-of-text token's state
-        return [head(pooled) for head in heads]
-
-    def loss_fn():
-        pick = torch.randint(0, len(train_ids), (args.text_batch_size,), generator=gen)
-        y = train_labels[pick].to(device)
-        return sum(F.cross_entropy(lg, y[:, i]) for i, lg in enumerate(logits(train_ids[pick])))
-
-    warm_up(accelerator, "text", args.text_steps, opt, loss_fn)
-    text_encoder.eval()
-    with torch.no_grad():
-        preds = torch.stack([lg.argmax(1).cpu() for lg in logits(test_ids)], dim=1)  # (n, attributes)
-    per_attribute = (preds == test_labels).float().mean(0)
-    all_right = (preds == test_labels).all(1).float().mean().item()
-    metrics = {"heldout_captions": len(test_ids), "all_attributes": all_right,
-               "per_attribute": dict(zip(ATTRIBUTE_VALUES, per_attribute.tolist()))}  # fmt: skip
-    accelerator.print(f"text encoder: held-out captions read fully right {metrics['all_attributes']:.4f}")
-    save_substage(accelerator, out, done, text_encoder, metrics, time.time() - t0)
-    return text_encoder
-
-
 def scratch_components(args, loop: TrainLoop) -> tuple[dict, bool]:
     """train_teacher without --pretrained: components built from ``--model-preset``, the VAE trained first, the text
     encoder pre-trained on captions (``--text-steps`` > 0); returns them and whether the text encoder is ready."""
-    from .toy_world import VOCABULARY
-
-    if not args.data.startswith("toy"):
-        raise StageError("Training from scratch builds a tokenizer from the toy world's vocabulary; for "
-                         "other data pass --pretrained with a folder that has a CLIP tokenizer.")  # fmt: skip
-    components = build_from_scratch(args.model_preset, args.resolution, VOCABULARY,
+    components = build_from_scratch(args.model_preset, args.resolution, vocabulary(args.data),
                                     args.prediction_type or "epsilon", args.seed)  # fmt: skip
     vae = components["vae"]
     latent_size = args.resolution // (2 ** (len(vae.config.block_out_channels) - 1))
@@ -217,9 +152,10 @@ def scratch_components(args, loop: TrainLoop) -> tuple[dict, bool]:
                          f"{args.resolution}.")  # fmt: skip
     components["vae"] = train_vae(vae, args, loop.accelerator, loop.out)
     text_ready = args.text_steps > 0
-    if text_ready:
-        components["text_encoder"] = train_text_encoder(components["text_encoder"], components["tokenizer"], args,
-                                                        loop.accelerator, loop.out)  # fmt: skip
+    if text_ready:  # the objective's module, by name
+        objective = importlib.import_module(TEXT_OBJECTIVES[args.text_objective])
+        components["text_encoder"] = objective.train_text_encoder(
+            components["text_encoder"], components["tokenizer"], args, loop.accelerator, loop.out)  # fmt: skip
     return components, text_ready
 
 

@@ -1,14 +1,14 @@
 """The toy-world probe: a small CNN that reads every attribute of a scene (stand-in for CLIP and Inception).
 
-``Probe`` predicts, from a 64x64 image, the canonical labels of ``training.toy_world`` (count, background,
+``Probe`` predicts, from a 64x64 image, the canonical labels of ``training.toy.world`` (count, background,
 relation, and per object slot shape / color / size / position; slot 1 is the left / top object). Its
 penultimate layer (``feature_dim`` values, 64 by default) is the feature space of the toy FID in
-``training.evaluate``.
+``training.toy.evaluation``.
 
 Train and ship it (224 s on the 2-core dev CPU when it was otherwise idle; bitwise reproducible with the same
 thread count)::
 
-    python -m training.probe --output bundle/probe [--steps 1500] [--seed 0] [--overwrite]
+    python -m training.toy.probe --output bundle/probe [--steps 1500] [--seed 0] [--overwrite]
 
 writes ``config.json`` + ``diffusion_pytorch_model.safetensors`` (fp16) + ``metrics.json`` (accuracy per
 attribute and overall on held-out true renders, ``ToyWorld(seed).heldout``).
@@ -39,10 +39,10 @@ from torch import nn
 
 from pipelines.timing import Timer
 
-from .common import fail
-from .toy_world import ATTRIBUTE_VALUES, HELDOUT_START, IMAGE_SIZE, Labels, ToyWorld, to_tensor
+from ..common import fail
+from .world import ATTRIBUTE_VALUES, HELDOUT_START, IMAGE_SIZE, Labels, ToyWorld, to_tensor
 
-DEFAULT_PROBE = str(Path(__file__).resolve().parent.parent / "bundle" / "probe")
+DEFAULT_PROBE = str(Path(__file__).resolve().parents[2] / "bundle" / "probe")
 ACCURACY_TARGET = 0.98  # per attribute, on held-out true renders
 _CHUNK = 512  # images per forward pass in predict / features
 
@@ -160,12 +160,12 @@ def images_to_tensor(images, image_size: int = IMAGE_SIZE) -> torch.Tensor:
 def load_probe(path: str = DEFAULT_PROBE, device: str | torch.device = "cpu") -> Probe:
     """Load a trained probe (fp16 on disk) as float32 in eval mode; checks it matches the toy world's attributes."""
     if not os.path.isfile(os.path.join(path, "config.json")):
-        raise ValueError(f"No probe at {path!r} (config.json missing); train one with `python -m training.probe`.")
+        raise ValueError(f"No probe at {path!r} (config.json missing); train one with `python -m training.toy.probe`.")
     with open(os.path.join(path, "config.json")) as f:
         attributes = json.load(f).get("attributes")
     if attributes != {k: list(v) for k, v in ATTRIBUTE_VALUES.items()}:
         raise ValueError(
-            f"The probe at {path!r} was trained for other attributes than training.toy_world defines; retrain it."
+            f"The probe at {path!r} was trained for other attributes than training.toy.world defines; retrain it."
         )
     probe = Probe.from_pretrained(path, torch_dtype=torch.float32, use_safetensors=True)
     return probe.to(device).eval()
@@ -217,7 +217,7 @@ def accuracy(probe: Probe, x: torch.Tensor, flats: list[dict[str, str]]) -> dict
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m training.probe", description="Train the toy-world probe.")
+    p = argparse.ArgumentParser(prog="python -m training.toy.probe", description="Train the toy-world probe.")
     p.add_argument("--output", default=DEFAULT_PROBE, help="output folder (default: bundle/probe)")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=64)

@@ -1,7 +1,7 @@
 """The toy world: an endless, seeded source of 64x64 captioned scenes that a mini diffusion model can learn.
 
 No image data can be downloaded here, so the mini teacher and student train on this world and are measured on
-it (the probe in ``training/probe.py`` stands in for CLIP and Inception). A scene is one or two flat-colored
+it (the probe in ``training/toy/probe.py`` stands in for CLIP and Inception). A scene is one or two flat-colored
 objects on a flat background, drawn with hard edges (no anti-aliasing, no noise)::
 
     shapes       circle, square, triangle, diamond, cross, ring
