@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import platform
 import statistics
-import time
 from dataclasses import dataclass, field
 
 import torch
 
-from .unet_efficient import BlockId, EfficientUNet2DConditionModel
+from .timing import time_ms
+from .unet_efficient import BlockId, EfficientUNet2DConditionModel, stage_level
 
 FORMAT = "snapfusion-latency-table/1"
 # Modules that are not searchable blocks but cost time: priced as "fixed:<name>:<shape>".
@@ -115,21 +115,11 @@ def _collect_inputs(unet, height: int, width: int, batch: int, context_len: int,
 
 
 def _time(module, args, kwargs, device, warmup: int, repeats: int) -> float:
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
+    """Median milliseconds of ``module(*args, **kwargs)`` over ``repeats`` calls after ``warmup`` untimed ones."""
     with torch.no_grad():
         for _ in range(warmup):
             module(*args, **kwargs)
-        times = []
-        for _ in range(repeats):
-            sync()
-            t0 = time.perf_counter()
-            module(*args, **kwargs)
-            sync()
-            times.append((time.perf_counter() - t0) * 1000.0)
-    return statistics.median(times)
+        return statistics.median(time_ms(lambda: module(*args, **kwargs), device) for _ in range(repeats))
 
 
 @dataclass
@@ -236,7 +226,7 @@ def _shape_forward(unet, height, width, batch) -> list[tuple[str, BlockId | None
     out.append((f"fixed:conv_in:{batch}x{unet.config.in_channels}x{height}x{width}", None))
     out.append((f"fixed:time_embedding:{batch}x{c0}", None))
     for bid in unet.blocks():
-        level = _level_of(bid.stage, n)
+        level = stage_level(bid.stage, n)
         hh, ww = height // 2**level, width // 2**level
         info = unet._block_info[bid]
         out.append((block_signature(unet, bid, (batch, info["in"], hh, ww)), bid))
@@ -251,14 +241,6 @@ def _shape_forward(unet, height, width, batch) -> list[tuple[str, BlockId | None
     out.append((f"fixed:conv_norm_out:{batch}x{c_last}x{height}x{width}", None))
     out.append((f"fixed:conv_out:{batch}x{c_last}x{height}x{width}", None))
     return out
-
-
-def _level_of(stage: str, n: int) -> int:
-    if stage == "mid":
-        return n - 1
-    if stage.startswith("down"):
-        return int(stage[4:])
-    return n - 1 - int(stage[2:])
 
 
 def _stage_out_channels(unet, stage: str) -> int:

@@ -30,7 +30,7 @@ from torch import nn
 from diffusers.models.attention_processor import Attention
 
 from .latency import _shape_forward  # per-module signatures, the same walk LatencyTable.estimate uses
-from .unet_efficient import PAPER_STAGES, EfficientUNet2DConditionModel
+from .unet_efficient import PAPER_STAGES, EfficientUNet2DConditionModel, stage_level
 
 OTHER = "Other"  # conv_in, time embedding, conv_norm_out, conv_out: not part of any paper stage
 
@@ -233,15 +233,6 @@ def per_stage_macs(unet, height: int, width: int, batch: int = 2, context_len: i
     return out
 
 
-def _level(stage: str, n: int) -> int:
-    """Resolution level of a diffusers stage: 0 = full latent size, n - 1 = the smallest."""
-    if stage == "mid":
-        return n - 1
-    if stage.startswith("down"):
-        return int(stage[4:])
-    return n - 1 - int(stage[2:])
-
-
 def _stock_block_counts(unet) -> dict[str, dict[str, int]]:
     """CA/RB counts per diffusers stage of a stock ``UNet2DConditionModel`` (one Transformer2DModel = one CA)."""
     counts = {}
@@ -283,7 +274,7 @@ def architecture_table(unet) -> list[dict]:
     # the level of a paper stage: that of its first diffusers stage (Mid = the lowest resolution)
     levels = {}
     for stage in [f"down{i}" for i in range(n)] + ["mid"] + [f"up{j}" for j in range(n)]:
-        levels.setdefault(PAPER_STAGES[stage] if n == 4 else stage, _level(stage, n))
+        levels.setdefault(PAPER_STAGES[stage] if n == 4 else stage, stage_level(stage, n))
     rows = []
     for name in names:
         level = levels[name]

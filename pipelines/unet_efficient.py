@@ -46,6 +46,15 @@ PAPER_STAGES = {
 }  # fmt: skip
 
 
+def stage_level(stage: str, num_stages: int) -> int:
+    """Resolution level of a stage ("down0".."mid".."up3"): 0 = full latent size, ``num_stages - 1`` = the smallest."""
+    if stage == "mid":
+        return num_stages - 1
+    if stage.startswith("down"):
+        return int(stage[4:])
+    return num_stages - 1 - int(stage[2:])
+
+
 class BlockId(NamedTuple):
     """Stable id of a block: stage name ("down0".."mid".."up3"), index among the stage's blocks, kind."""
 
@@ -66,6 +75,22 @@ class BlockId(NamedTuple):
         if m is None:
             raise ValueError(f"Block id {value!r} is malformed; expected 'stage.index:kind', e.g. 'up1.3:CA'.")
         return cls(m.group(1), int(m.group(2)), m.group(3))
+
+
+def _copy_stage(sd: dict, stage_prefix: str, sampler_prefix: str, block, samplers) -> None:
+    """Put a diffusers down/up block's weights into ``sd`` under our names: its resnets (each followed by its
+    attention, if any) as ``<stage_prefix>.<b>``, its down-/up-sampler as ``<sampler_prefix>``."""
+    mods = []
+    for r, resnet in enumerate(block.resnets):
+        mods.append(resnet)
+        if getattr(block, "attentions", None) is not None:
+            mods.append(block.attentions[r])
+    for b, mod in enumerate(mods):
+        for k, v in mod.state_dict().items():
+            sd[f"{stage_prefix}.{b}.{k}"] = v
+    if samplers is not None:
+        for k, v in samplers[0].state_dict().items():
+            sd[f"{sampler_prefix}.{k}"] = v
 
 
 def _moved(model, device, dtype):
@@ -316,17 +341,7 @@ class EfficientUNet2DConditionModel(ModelMixin, ConfigMixin):
             for k, v in getattr(src, name).state_dict().items():
                 sd[f"{name}.{k}"] = v
         for i, block in enumerate(src.down_blocks):
-            mods = []
-            for r, resnet in enumerate(block.resnets):
-                mods.append(resnet)
-                if getattr(block, "attentions", None) is not None:
-                    mods.append(block.attentions[r])
-            for b, mod in enumerate(mods):
-                for k, v in mod.state_dict().items():
-                    sd[f"down_stages.{i}.{b}.{k}"] = v
-            if block.downsamplers is not None:
-                for k, v in block.downsamplers[0].state_dict().items():
-                    sd[f"downsamplers.{i}.{k}"] = v
+            _copy_stage(sd, f"down_stages.{i}", f"downsamplers.{i}", block, block.downsamplers)
         mb = src.mid_block
         mid_mods = [mb.resnets[0]]
         for attn, resnet in zip(mb.attentions, mb.resnets[1:]):
@@ -335,17 +350,7 @@ class EfficientUNet2DConditionModel(ModelMixin, ConfigMixin):
             for k, v in mod.state_dict().items():
                 sd[f"mid_stage.{b}.{k}"] = v
         for j, block in enumerate(src.up_blocks):
-            mods = []
-            for r, resnet in enumerate(block.resnets):
-                mods.append(resnet)
-                if getattr(block, "attentions", None) is not None:
-                    mods.append(block.attentions[r])
-            for b, mod in enumerate(mods):
-                for k, v in mod.state_dict().items():
-                    sd[f"up_stages.{j}.{b}.{k}"] = v
-            if block.upsamplers is not None:
-                for k, v in block.upsamplers[0].state_dict().items():
-                    sd[f"upsamplers.{j}.{k}"] = v
+            _copy_stage(sd, f"up_stages.{j}", f"upsamplers.{j}", block, block.upsamplers)
         model.load_state_dict(sd, strict=True)
         return _moved(model, unet.device, unet.dtype)
 
@@ -387,8 +392,7 @@ class EfficientUNet2DConditionModel(ModelMixin, ConfigMixin):
         skip = self._block_info[bid]["skip"]
         if skip is None:
             return 0
-        level = len(self.down_stages) - 1 - int(bid.stage[2:])
-        return self._skip_channels[level][skip]
+        return self._skip_channels[stage_level(bid.stage, len(self.down_stages))][skip]
 
     def set_block_keep_prob(self, p: float) -> None:
         """Keep probability of every removable block in training mode (paper Eq. 5); 1.0 disables skipping."""
@@ -413,6 +417,16 @@ class EfficientUNet2DConditionModel(ModelMixin, ConfigMixin):
     def _token_positions(tokens: list[str]) -> list[int]:
         """Positions in the token list of the real blocks (everything but SKIP markers)."""
         return [p for p, t in enumerate(tokens) if t != "SKIP"]
+
+    def _edited(self, edit) -> "EfficientUNet2DConditionModel":
+        """New model whose stage layouts are ``edit(stage, tokens, weight_map)`` (a new token list) of the current
+        ones; ``edit`` fills ``weight_map`` (new BlockId -> (old BlockId, "copy" | "identity"))."""
+        layouts = self._layout_tokens()
+        weight_map = {}
+        for stage, _ in self._stages():
+            tokens = self._stage_tokens(layouts, stage)
+            tokens[:] = edit(stage, list(tokens), weight_map)
+        return self._rebuild(layouts, weight_map)
 
     def _rebuild(self, layouts, weight_map) -> "EfficientUNet2DConditionModel":
         """New model with the given layouts; ``weight_map`` maps new BlockId -> (old BlockId or None, mode)."""
@@ -448,23 +462,19 @@ class EfficientUNet2DConditionModel(ModelMixin, ConfigMixin):
                     f"Block {bid} changes channels ({info['in']} -> {info['out']}) and cannot be removed; "
                     f"removable blocks are those that keep their input's shape."
                 )
-        layouts = self._layout_tokens()
-        weight_map = {}
-        for stage, modules in self._stages():
-            tokens = self._stage_tokens(layouts, stage)
-            positions = self._token_positions(tokens)
-            keep = []
+
+        def drop(stage, tokens, weight_map):
             new_index = 0
-            for idx, pos in enumerate(positions):
+            for idx, pos in enumerate(self._token_positions(tokens)):
                 kind = "RB" if tokens[pos].startswith("RB") else "CA"
                 if BlockId(stage, idx, kind) in ids:
                     tokens[pos] = None
                     continue
                 weight_map[BlockId(stage, new_index, kind)] = (BlockId(stage, idx, kind), "copy")
                 new_index += 1
-            keep = [t for t in tokens if t is not None]
-            tokens[:] = keep
-        return self._rebuild(layouts, weight_map)
+            return [t for t in tokens if t is not None]
+
+        return self._edited(drop)
 
     def duplicate_blocks(self, block_ids: Iterable) -> "EfficientUNet2DConditionModel":
         """New model with a copy of each given block inserted right after it.
@@ -473,14 +483,11 @@ class EfficientUNet2DConditionModel(ModelMixin, ConfigMixin):
         gets a new plain RB (out -> out channels) after it, initialised as identity (zero last conv).
         """
         ids = {self._check_id(b) for b in block_ids}
-        layouts = self._layout_tokens()
-        weight_map = {}
-        for stage, modules in self._stages():
-            tokens = self._stage_tokens(layouts, stage)
-            positions = self._token_positions(tokens)
+
+        def duplicate(stage, tokens, weight_map):
             out_tokens = []
             new_index = 0
-            pos_to_idx = {pos: idx for idx, pos in enumerate(positions)}
+            pos_to_idx = {pos: idx for idx, pos in enumerate(self._token_positions(tokens))}
             for pos, tok in enumerate(tokens):
                 out_tokens.append(tok)
                 if tok == "SKIP":
@@ -495,8 +502,9 @@ class EfficientUNet2DConditionModel(ModelMixin, ConfigMixin):
                     out_tokens.append(kind)
                     weight_map[BlockId(stage, new_index, kind)] = (old, "copy" if plain else "identity")
                     new_index += 1
-            tokens[:] = out_tokens
-        return self._rebuild(layouts, weight_map)
+            return out_tokens
+
+        return self._edited(duplicate)
 
     def architecture(self) -> dict[str, dict[str, int]]:
         """CA/RB counts per paper stage (Table 3 grouping): {"Down-1": {"CA": 0, "RB": 2}, ...}."""
