@@ -77,5 +77,6 @@ def test_bad_dtype(machine, dtype):
 def test_dtype_names_round_trip():
     for name, dtype in (("fp32", torch.float32), ("float16", torch.float16), ("bf16", torch.bfloat16)):
         assert parse_dtype(name) is dtype
-    assert [dtype_name(d) for d in (torch.float32, torch.float16, torch.bfloat16)] == ["float32", "float16", "bfloat16"]
+    names = [dtype_name(d) for d in (torch.float32, torch.float16, torch.bfloat16)]
+    assert names == ["float32", "float16", "bfloat16"]
     assert parse_dtype(dtype_name(torch.bfloat16)) is torch.bfloat16

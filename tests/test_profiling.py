@@ -129,20 +129,6 @@ def test_pruned_decoder_has_about_a_quarter_of_the_macs():
     assert 0.2 < half / full < 0.35  # channel halving: ~1/4 of the conv MACs
 
 
-def test_pruned_decoder_norm_groups_override():
-    vae = tiny_vae(channels=(8, 16))  # 4 groups
-    with pytest.raises(ValueError, match="6 channels from 8, not a multiple of norm_num_groups=4"):
-        CompressedVAEDecoder.from_vae(vae, 0.75)
-    pruned = CompressedVAEDecoder.from_vae(vae, 0.75, norm_num_groups=2)
-    assert pruned.config.block_out_channels == (6, 12) and pruned.config.norm_num_groups == 2
-    z = torch.randn(1, 4, 8, 8)
-    assert pruned(z).shape == vae.decode(z).sample.shape
-    # the kept channels start from the VAE's first ones
-    assert torch.equal(pruned.decoder.conv_in.weight, vae.decoder.conv_in.weight[:12])
-    with pytest.raises(ValueError, match="norm_num_groups must be >= 1"):
-        CompressedVAEDecoder.from_vae(vae, 0.5, norm_num_groups=0)
-
-
 def test_bad_sizes_are_rejected():
     unet = tiny_efficient_unet()
     with pytest.raises(ValueError, match="multiple of 8"):

@@ -1,3 +1,5 @@
+"""pipelines/unet_efficient.py: the efficient UNet: conversion from a stock SD-1.x UNet, layouts, block surgery."""
+
 import tempfile
 
 import pytest

@@ -1,47 +1,19 @@
+"""pipelines/vae_compressed.py: the pruned and pixel-shuffle VAE decoders, alone and inside a pipeline."""
+
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from pipelines.tiny import tiny_pipeline
-from snapfusion_app import ModelLoadError, load_pipeline
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from pipelines.loading import load_pipeline
+from pipelines.tiny import tiny_pipeline, tiny_vae
+from pipelines.vae_compressed import CompressedVAEDecoder
 
 
 def _run(pipe, seed=0, **kw):
     kw.setdefault("num_inference_steps", 2)
     return pipe("a red circle", generator=torch.Generator().manual_seed(seed), output_type="np", **kw)
-
-
-def _cli(*args):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, "-m", "snapfusion_app", *args], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=300)  # fmt: skip
-
-
-def test_cli_generate(tmp_path):
-    model = tmp_path / "model"
-    tiny_pipeline(0).save_pretrained(model)
-    out = tmp_path / "img.png"
-    r = _cli("generate", "--model", str(model), "--prompt", "a red circle", "--steps", "2", "--guidance", "7.5",
-             "--seed", "0", "--out", str(out))  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    assert out.exists() and "UNet:" in r.stdout and "decoder:" in r.stdout
-    again = _cli("generate", "--model", str(model), "--prompt", "x", "--out", str(out))
-    assert again.returncode == 2 and "exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
-    for bad, match in ((["--seed", "-1"], "--seed"), (["--steps", "0"], "num_inference_steps"),
-                       (["--model", str(tmp_path / "missing")], "neither")):  # fmt: skip
-        args = ["generate", "--model", str(model), "--prompt", "x", "--out", str(tmp_path / "b.png"), *bad]
-        r = _cli(*args)
-        assert r.returncode == 2 and match in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-
-
-# ------------------------------------------------------------------ pixel-shuffle decoder
 
 
 @pytest.mark.parametrize("block_type", ["resnet", "residual_conv"])
@@ -152,3 +124,17 @@ def test_pixel_shuffle_decoder_block_types_round_trip(tmp_path):
     del cfg["block_type"]
     (tmp_path / "resnet" / "config.json").write_text(json.dumps(cfg))
     assert PixelShuffleVAEDecoder.from_pretrained(tmp_path / "resnet").config.block_type == "resnet"
+
+
+def test_pruned_decoder_norm_groups_override():
+    vae = tiny_vae(channels=(8, 16))  # 4 groups
+    with pytest.raises(ValueError, match="6 channels from 8, not a multiple of norm_num_groups=4"):
+        CompressedVAEDecoder.from_vae(vae, 0.75)
+    pruned = CompressedVAEDecoder.from_vae(vae, 0.75, norm_num_groups=2)
+    assert pruned.config.block_out_channels == (6, 12) and pruned.config.norm_num_groups == 2
+    z = torch.randn(1, 4, 8, 8)
+    assert pruned(z).shape == vae.decode(z).sample.shape
+    # the kept channels start from the VAE's first ones
+    assert torch.equal(pruned.decoder.conv_in.weight, vae.decoder.conv_in.weight[:12])
+    with pytest.raises(ValueError, match="norm_num_groups must be >= 1"):
+        CompressedVAEDecoder.from_vae(vae, 0.5, norm_num_groups=0)
