@@ -1,20 +1,23 @@
 """A real browser (Debian's chromium, driven by Playwright) uses the app: type a prompt, press the button, wait for
-both images and the measured readouts, save a screenshot.
+both images and the measured readouts, save a screenshot; cancel a run; type a number out of range.
 
     SNAPFUSION_APP_SCREENSHOT=docs/app_screenshot.png pytest tests/test_browser.py -m browser   # docs screenshot
     SNAPFUSION_TEACHER=bundle/teacher SNAPFUSION_STUDENT=bundle/student ...                      # on the bundle
 
-Without SNAPFUSION_TEACHER / SNAPFUSION_STUDENT it runs on tiny models built in-process.
+Without SNAPFUSION_TEACHER / SNAPFUSION_STUDENT it runs on tiny models built in-process. Chromium: `apt-get install
+chromium` on Debian (what .ci/run does).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from test_app import launch, make_model_dirs
+from app_helpers import launch, make_model_dirs
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -28,21 +31,44 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory):
+def model_dirs(tmp_path_factory):
+    return make_model_dirs(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def url(model_dirs):
     import app
 
     teacher, student = os.environ.get("SNAPFUSION_TEACHER"), os.environ.get("SNAPFUSION_STUDENT")
     if not (teacher and student):
-        teacher, student = make_model_dirs(tmp_path_factory.mktemp("models"))
+        teacher, student = model_dirs
     demo = app.create_demo(teacher, student)
     yield launch(demo)
     demo.close()
 
 
-def test_a_visitor_compares_both_sides_in_a_real_browser(url, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+@pytest.fixture(scope="module")
+def slow_url(model_dirs):
+    """The app on the tiny models, the left side slowed to ~0.1 s per step: time to press Cancel mid-run."""
+    import app
 
-    shot = Path(os.environ.get("SNAPFUSION_APP_SCREENSHOT") or tmp_path / "app_screenshot.png")
+    demo = app.create_demo(*model_dirs, warmup=False)
+    unet = demo.snapfusion.sides["left"].pipe.unet
+    forward = unet.forward
+
+    def slow_forward(*args, **kwargs):
+        time.sleep(0.1)
+        return forward(*args, **kwargs)
+
+    unet.forward = slow_forward
+    yield launch(demo)
+    demo.close()
+
+
+@contextmanager
+def browser_page():
+    from playwright.sync_api import sync_playwright
+
     with sync_playwright() as p:
         browser = p.chromium.launch_persistent_context(
             tempfile.mkdtemp(prefix="chromium_profile_"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
@@ -50,25 +76,76 @@ def test_a_visitor_compares_both_sides_in_a_real_browser(url, tmp_path):
         )  # fmt: skip
         try:
             page = browser.new_page()
-            page.goto(url, wait_until="networkidle")
-            expect(page.get_by_text("How much faster?")).to_be_visible()
-            expect(page.locator("#speedup")).to_contain_text("Press Generate both")
-            page.locator("#prompt textarea").fill(PROMPT)
-            page.locator("#generate").click()
-            # the right side (8 steps) finishes first, then the left (50 steps); both readouts hold measurements
-            for side in ("right", "left"):
-                expect(page.locator(f"#{side}-image img")).to_be_visible(timeout=300_000)
-                expect(page.locator(f"#{side}-readout")).to_contain_text("Measured on", timeout=300_000)
-                expect(page.locator(f"#{side}-readout")).to_contain_text("ms/step")
-            expect(page.locator("#speedup")).to_contain_text("Right side is", timeout=30_000)
-            expect(page.locator("#speedup")).to_contain_text("UNet part")
-            for side in ("left", "right"):
-                width = page.locator(f"#{side}-image img").evaluate("img => img.naturalWidth")
-                assert width >= 32, f"{side} image did not load (naturalWidth {width})"
-            expect(page.locator("#prompt textarea")).to_have_value(PROMPT)
-            page.mouse.move(0, 0)
-            shot.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(shot), full_page=False)
+            server_errors = []
+            page.on("response", lambda r: server_errors.append(f"{r.status} {r.url}") if r.status >= 500 else None)
+            page.server_errors = server_errors
+            yield page
         finally:
             browser.close()
+
+
+def test_a_visitor_compares_both_sides_in_a_real_browser(url, tmp_path):
+    from playwright.sync_api import expect
+
+    shot = Path(os.environ.get("SNAPFUSION_APP_SCREENSHOT") or tmp_path / "app_screenshot.png")
+    with browser_page() as page:
+        page.goto(url, wait_until="networkidle")
+        expect(page.get_by_text("How much faster?")).to_be_visible()
+        expect(page.locator("#speedup")).to_contain_text("Press Generate both")
+        page.locator("#prompt textarea").fill(PROMPT)
+        page.locator("#generate").click()
+        # the right side (8 steps) finishes first, then the left (50 steps); both readouts hold measurements
+        for side in ("right", "left"):
+            expect(page.locator(f"#{side}-image img")).to_be_visible(timeout=300_000)
+            expect(page.locator(f"#{side}-readout")).to_contain_text("Measured on", timeout=300_000)
+            expect(page.locator(f"#{side}-readout")).to_contain_text("ms/step")
+        expect(page.locator("#speedup")).to_contain_text("Right side (8 steps, CFG 4.5) is", timeout=30_000)
+        expect(page.locator("#speedup")).to_contain_text("than the left side (50 steps, CFG 7.5)")
+        expect(page.locator("#speedup")).to_contain_text("UNet part")
+        for side in ("left", "right"):
+            width = page.locator(f"#{side}-image img").evaluate("img => img.naturalWidth")
+            assert width >= 32, f"{side} image did not load (naturalWidth {width})"
+        expect(page.locator("#prompt textarea")).to_have_value(PROMPT)
+        page.mouse.move(0, 0)
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shot), full_page=False)
+        assert page.server_errors == []
     assert shot.stat().st_size > 10_000
+
+
+def test_cancel_during_generate_both_says_cancelled_on_the_page(slow_url):
+    from playwright.sync_api import expect
+
+    with browser_page() as page:
+        page.goto(slow_url, wait_until="networkidle")
+        page.locator("#generate").click()
+        expect(page.locator("#left-readout")).to_contain_text("Running: step", timeout=120_000)
+        expect(page.locator("#left-readout")).not_to_contain_text("step 0/", timeout=60_000)
+        page.locator("#cancel").click()
+        expect(page.locator("#speedup")).to_contain_text("Cancelled.", timeout=30_000)
+        expect(page.locator("#speedup")).to_contain_text("The right side had finished")
+        expect(page.locator("#speedup")).to_contain_text("the left side stopped at step")
+        expect(page.locator("#left-readout")).to_contain_text("Cancelled at step")
+        expect(page.locator("#right-readout")).to_contain_text("Measured on")  # the finished side keeps its result
+        time.sleep(2)  # and it stays so: no late progress update overwrites it
+        expect(page.locator("#left-readout")).to_contain_text("Cancelled at step")
+        expect(page.locator("#speedup")).not_to_contain_text("still running")
+        assert page.server_errors == []
+
+
+def test_a_number_out_of_range_gets_the_limits_not_a_server_error(slow_url, capfd):
+    from playwright.sync_api import expect
+
+    with browser_page() as page:
+        page.goto(slow_url, wait_until="networkidle")
+        box = page.locator("#right-steps input[type=number]")
+        box.fill("500")
+        box.press("Enter")
+        box.blur()
+        expect(page.get_by_text("steps (right) must be an integer in [1, 100]; got 500.")).to_be_visible(
+            timeout=30_000
+        )
+        expect(page.locator("#right-header")).to_contain_text("8 steps")  # the header keeps the last good value
+        time.sleep(1)
+        assert page.server_errors == []
+    assert "Traceback" not in capfd.readouterr().err
