@@ -204,16 +204,10 @@ def test_unknown_section_exits_2(tmp_path, capsys):
     assert os.listdir(tmp_path) == []
 
 
-def test_run_all_refuses_to_overwrite(tmp_path):
+def test_run_all_refuses_to_overwrite(tmp_path, capsys):
     (tmp_path / "benchmarks").mkdir()
     (tmp_path / "benchmarks" / "quality.md").write_text("keep me")
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run_all", "--out-dir", str(tmp_path), "--only", "quality"],
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=ROOT),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 2 and "--overwrite" in proc.stderr
+    with pytest.raises(SystemExit) as e:  # before any section runs
+        run_all.main(["--out-dir", str(tmp_path), "--only", "quality"])
+    assert e.value.code == 2 and "pass --overwrite to replace them" in capsys.readouterr().err
     assert (tmp_path / "benchmarks" / "quality.md").read_text() == "keep me"
