@@ -327,20 +327,21 @@ class SnapFusionPipeline(DiffusionPipeline):
             negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
         return prompt_embeds, negative_prompt_embeds
 
-    def prepare_latents(self, batch_size: int, height: int, width: int, device, generator, latents=None):
-        """(B, C, H/f, W/f) initial latents scaled by the scheduler's ``init_noise_sigma``.
+    def prepare_latents(self, batch_size: int, num_channels_latents: int, height: int, width: int, dtype, device,
+                        generator, latents=None) -> torch.Tensor:  # fmt: skip
+        """(B, C, H/f, W/f) initial latents in ``dtype`` on ``device``, scaled by the scheduler's ``init_noise_sigma``
+        (diffusers' signature).
 
         The noise is drawn in float32 on the generator's device (the CPU without one) and then moved, so a seed
         gives the same image on every device; a list holds one generator per image (``randn_tensor``)."""
-        shape = (batch_size, self.unet.config.in_channels, height // self.vae_scale_factor,
-                 width // self.vae_scale_factor)  # fmt: skip
+        shape = (batch_size, num_channels_latents, height // self.vae_scale_factor, width // self.vae_scale_factor)
         if latents is None:
             first = generator[0] if isinstance(generator, list) else generator
             rand_device = first.device if isinstance(first, torch.Generator) else torch.device("cpu")
             latents = randn_tensor(shape, generator=generator, device=rand_device, dtype=torch.float32)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"`latents` has shape {tuple(latents.shape)}; expected {shape}.")
-        return latents.to(device=device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
+        return latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
 
     def run_safety_checker(self, image: torch.Tensor, device, dtype):
         if self.safety_checker is None:
@@ -421,7 +422,8 @@ class SnapFusionPipeline(DiffusionPipeline):
         timesteps = self.scheduler.timesteps
 
         # 3. prepare latents (B, C, H/f, W/f)
-        latents = self.prepare_latents(batch * num_images_per_prompt, height, width, device, generator, latents)
+        latents = self.prepare_latents(batch * num_images_per_prompt, self.unet.config.in_channels, height, width,
+                                       self.unet.dtype, device, generator, latents)  # fmt: skip
 
         # 4. denoising loop
         unet_kwargs = {} if cross_attention_kwargs is None else {"cross_attention_kwargs": cross_attention_kwargs}

@@ -180,6 +180,7 @@ def test_loads_stock_sd_folder(tmp_path, with_safety):
         (dict(width=0), "multiple of 16"),
         (dict(output_type="jpeg"), "output_type"),
         (dict(num_images_per_prompt=0), "num_images_per_prompt"),
+        (dict(latents=torch.zeros(1, 4, 8, 8)), r"`latents` has shape \(1, 4, 8, 8\); expected \(1, 4, 16, 16\)"),
     ],
 )
 def test_bad_input(tiny_pipe, kwargs, match):
