@@ -75,6 +75,7 @@ def __getattr__(name: str):
     """``app.demo`` on first access: built from the environment (reload mode, ``from app import demo``)."""
     if name == "demo":
         args = parse_args([])
+        set_num_threads(args.threads)
         demo = create_demo(args.teacher, args.student, args.device, args.dtype, warmup=not args.no_warmup)
         globals()["demo"] = demo
         return demo

@@ -32,7 +32,8 @@ def user_error(e: BaseException) -> gr.Error:
     if isinstance(e, ValueError):  # InputError, ModelLoadError, ExportError: written for people
         return bad_input(str(e))
     logger.exception("unexpected error in a handler")
-    return gr.Error(f"Unexpected error ({type(e).__name__}); the details are in the server log.", print_exception=False)
+    message = f"Unexpected error ({type(e).__name__}); the details are in the server log."
+    return gr.Error(message, print_exception=False)
 
 
 def user_errors(fn: Callable) -> Callable:

@@ -134,9 +134,10 @@ class Exporter:
             raise
         self.store.commit(folder)
         zip_bytes = zip_path.stat().st_size
-        head = (f"**{html.escape(side.label)}** (`{html.escape(side.name)}`) → Core ML: {', '.join(components)}, {precision}, "
-                f"palettization {quantize}, attention {attention}. Download: **{format_size(zip_bytes)}** zip "
-                "(MB = 2^20 bytes, as the file box counts).\n\n")  # fmt: skip
+        head = (f"**{html.escape(side.label)}** (`{html.escape(side.name)}`) → Core ML: {', '.join(components)}, "
+                f"{precision}, palettization {quantize}, attention {attention}. "
+                f"Download: **{format_size(zip_bytes)}** zip (MB = 2^20 bytes, as the file box counts).\n\n"
+                )  # fmt: skip
         paths = server_paths(side, out_dir)
         data = without_paths(dict(report.to_dict(), zip_bytes=zip_bytes, model=key), paths)
         return str(zip_path), head + without_paths(report.to_markdown(), paths), data

@@ -19,4 +19,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["BUNDLE_DIR", "DEFAULT_STUDENT", "DEFAULT_TEACHER", "ModelLoadError", "load_pipeline"]
+__all__ = ["BUNDLE_DIR", "DEFAULT_STUDENT", "DEFAULT_TEACHER", "ModelLoadError", "load_pipeline"]  # noqa: F822 (lazy)

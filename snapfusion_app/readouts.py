@@ -104,7 +104,8 @@ def speedup_html(left: dict, right: dict, note: str = "") -> str:
     if note:
         detail += f"<br>{html.escape(note)}"
     head = html.escape(speedup_head(left, right), quote=False)
-    return _box(colors, f"<div style='font-size:2em;font-weight:700;color:{colors[2]}'>{head}</div><div>{detail}</div>")
+    head = f"<div style='font-size:2em;font-weight:700;color:{colors[2]}'>{head}</div>"
+    return _box(colors, f"{head}<div>{detail}</div>")
 
 
 def cancelled_html(message: str) -> str:

@@ -197,8 +197,8 @@ class CompareApp:
         try:
             banner = readouts.waiting_html("Running the right side first, then the left side...")
             progress((0, total), desc="Right side")
-            yield None, "*Waiting: the right side runs first.*", None, readouts.running_markdown(0, right_steps, 0.0), \
-                banner, seed, skip  # fmt: skip
+            running = readouts.running_markdown(0, right_steps, 0.0)
+            yield None, "*Waiting: the right side runs first.*", None, running, banner, seed, skip
             for ev in self._stream("right", prompt, negative_prompt, seed, right_steps, right_guidance, run):
                 if ev[0] == "step":
                     progress((ev[1], total), desc=f"Right side: step {ev[1]}/{right_steps}")

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,3 +67,44 @@ def run_python(args: list[str], env_extra: dict | None = None, timeout: float = 
                **(env_extra or {}))  # fmt: skip
     return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout, **kwargs)  # fmt: skip
+
+
+def wait_until_served(proc: subprocess.Popen, port: int, timeout: float = 600) -> dict:
+    """The /config of the app that ``proc`` (``python app.py``) serves on ``port``, once it answers."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5).read())
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                raise AssertionError(f"app did not serve on port {port}:\n{proc.stdout.read()}") from None
+            time.sleep(1)
+
+
+# Fixtures of the app's test files (tests/conftest.py loads this module as a plugin).
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    return make_model_dirs(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def served(model_dirs):
+    """(url, demo) of the app on the tiny models, launched the way tests of gradio apps are."""
+    import app
+
+    demo = app.create_demo(*model_dirs)
+    url = launch(demo)
+    yield url, demo
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    from gradio_client import Client
+
+    return Client(served[0], verbose=False)

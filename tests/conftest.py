@@ -7,6 +7,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+pytest_plugins = ["app_helpers"]  # the app's fixtures (model_dirs, served, client) for tests/test_app_*.py
+
 
 @pytest.fixture(autouse=True)
 def _seed():

@@ -10,31 +10,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from app_helpers import launch, make_model_dirs
 
 ZIP_BYTES = 3_774_873  # 3.6 MB with MB = 2^20 bytes (what gradio's file box shows); 3.8 with MB = 10^6
 
-
-@pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory):
-    return make_model_dirs(tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture(scope="module")
-def served(model_dirs):
-    import app
-
-    demo = app.create_demo(*model_dirs, warmup=False)
-    url = launch(demo)
-    yield url, demo
-    demo.close()
-
-
-@pytest.fixture(scope="module")
-def client(served):
-    from gradio_client import Client
-
-    return Client(served[0], verbose=False)
 
 
 class FakeReport:
@@ -148,6 +126,7 @@ def _export_ready() -> bool:
     return True
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _export_ready(), reason="export.export_pipeline is not available")
 def test_real_core_ml_export_of_the_tiny_student(served, client, model_dirs):
     path, report, data = client.predict(model="right", components=["vae_decoder"], precision="fp32", quantize="none",

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
-from app_helpers import REPO, free_port, make_model_dirs, run_python
-
-
-@pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory):
-    return make_model_dirs(tmp_path_factory.mktemp("models"))
+from app_helpers import REPO, free_port, run_python, wait_until_served
 
 
 def test_import_app_loads_nothing_and_demo_is_built_from_the_environment(model_dirs, monkeypatch):
@@ -63,7 +55,6 @@ def test_bad_model_path_from_the_environment(tmp_path, model_dirs, monkeypatch, 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA device")
 def test_a_device_this_machine_lacks_names_the_flag_and_the_devices_it_has(model_dirs, capsys):
     import app
-
     from pipelines.devices import available_devices
 
     assert app.main(["--teacher", model_dirs[0], "--student", model_dirs[1], "--device", "cuda"]) == 2
@@ -77,6 +68,7 @@ def test_a_device_this_machine_lacks_names_the_flag_and_the_devices_it_has(model
     ]
 
 
+@pytest.mark.slow
 def test_python_app_py_serves_on_gradio_server_name_and_port(model_dirs):
     """What Spaces does: `python app.py` with GRADIO_SERVER_NAME / GRADIO_SERVER_PORT set and models from env."""
     port = free_port()
@@ -86,15 +78,7 @@ def test_python_app_py_serves_on_gradio_server_name_and_port(model_dirs):
     proc = subprocess.Popen([sys.executable, "app.py", "--no-warmup"], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
-        deadline = time.time() + 600
-        while True:
-            try:
-                config = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5).read())
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise AssertionError(f"app did not serve on port {port}:\n{proc.stdout.read()}") from None
-                time.sleep(1)
+        config = wait_until_served(proc, port)
         api_names = {d.get("api_name") for d in config["dependencies"]}
         assert {"compare", "export", "left", "right"} <= api_names
     finally:

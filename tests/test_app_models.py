@@ -6,22 +6,6 @@ import json
 import urllib.request
 
 import pytest
-from app_helpers import launch, make_model_dirs
-
-
-@pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory):
-    return make_model_dirs(tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture(scope="module")
-def served(model_dirs):
-    import app
-
-    demo = app.create_demo(*model_dirs, warmup=False)
-    url = launch(demo)
-    yield url, demo
-    demo.close()
 
 
 def test_model_tab_shows_both_architectures_and_bundle_results(served):

@@ -8,30 +8,7 @@ import threading
 
 import numpy as np
 import pytest
-from app_helpers import STEPS, compare, launch, make_model_dirs, pixels
-
-
-@pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory):
-    return make_model_dirs(tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture(scope="module")
-def served(model_dirs):
-    """(url, demo) of the app on the tiny models, launched the way tests of gradio apps are."""
-    import app
-
-    demo = app.create_demo(*model_dirs)
-    url = launch(demo)
-    yield url, demo
-    demo.close()
-
-
-@pytest.fixture(scope="module")
-def client(served):
-    from gradio_client import Client
-
-    return Client(served[0], verbose=False)
+from app_helpers import STEPS, compare, pixels
 
 
 class Request:  # what gradio passes to a handler: only the session matters here
@@ -115,6 +92,7 @@ def test_randomized_seed_is_reported_and_reproducible(client):
     np.testing.assert_array_equal(pixels(out[2]), pixels(again[2]))
 
 
+@pytest.mark.slow
 def test_four_concurrent_clients_get_their_own_results(served):
     from gradio_client import Client
 

@@ -3,21 +3,13 @@ a dead process's leftovers are removed at the next start."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
-from app_helpers import REPO, free_port, make_model_dirs
-
-
-@pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory):
-    return make_model_dirs(tmp_path_factory.mktemp("models"))
+from app_helpers import REPO, free_port, wait_until_served
 
 
 def _dead_pid() -> int:
@@ -26,6 +18,7 @@ def _dead_pid() -> int:
     return proc.pid  # exited and reaped: no process has this id (until the system reuses it)
 
 
+@pytest.mark.slow
 def test_killed_app_leaves_no_temp_folder_and_removes_a_dead_ones(model_dirs, tmp_path):
     tmp = tmp_path / "tmp"
     tmp.mkdir()
@@ -41,19 +34,12 @@ def test_killed_app_leaves_no_temp_folder_and_removes_a_dead_ones(model_dirs, tm
     proc = subprocess.Popen([sys.executable, "app.py", "--no-warmup"], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
-        deadline = time.time() + 600
-        while True:
-            try:
-                json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5).read())
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise AssertionError(f"app did not serve:\n{proc.stdout.read()}") from None
-                time.sleep(1)
+        wait_until_served(proc, port)
         mine = sorted(p.name for p in tmp.glob("snapfusion_app_*"))
         assert not stale.exists() and alive.exists()
         assert len(mine) == 2 and any(name.startswith(f"snapfusion_app_{proc.pid}_") for name in mine), mine
-        assert (tmp / next(n for n in mine if n.startswith(f"snapfusion_app_{proc.pid}_")) / "architecture.png").exists()
+        served = next(n for n in mine if n.startswith(f"snapfusion_app_{proc.pid}_"))
+        assert (tmp / served / "architecture.png").exists()
     finally:
         proc.send_signal(signal.SIGTERM)  # what `kill PID` sends
         code = proc.wait(timeout=60)
