@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from training.evaluate import alignment_scores
-from training.probe import DEFAULT_PROBE, load_probe
-from training.toy_world import validation_prompts
+from training.toy.metrics import alignment_scores
+from training.toy.probe import DEFAULT_PROBE, load_probe
+from training.toy.world import validation_prompts
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "bundle"

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from training.toy_world import (
+from training.toy.world import (
     BACKGROUNDS,
     COLORS,
     HELDOUT_START,

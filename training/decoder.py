@@ -169,7 +169,7 @@ def main(args):
 
     # 3. train the compressed decoder to reproduce the original decoder's images
     student, _ = loop.prepare(student, make_optimizer(student.parameters(), args))
-    g = torch.Generator("cpu").manual_seed(args.seed + loop.start + loop.accelerator.process_index)
+    g = loop.generator  # which pool latents each step trains on
 
     def batches():  # random pool latents and the original decoder's images of them
         while True:

@@ -19,7 +19,6 @@ Teacher and student may differ in architecture and step count (32 -> 16, 16 -> 8
 from __future__ import annotations
 
 import argparse
-import random
 
 import torch
 
@@ -194,7 +193,7 @@ def main(args):
     dataset = make_dataset(args.data, args.resolution, seed=args.seed + 7, image_column=args.image_column,
                            caption_column=args.caption_column)  # fmt: skip
     s_unet, loader = loop.prepare(s_unet, optimizer, make_dataloader(dataset, args.batch_size, args.num_workers))
-    rng = random.Random(args.seed + loop.accelerator.process_index + loop.start)
+    rng = loop.random  # CFG-aware or vanilla loss, caption dropout
     ac = teacher_pipe.scheduler.alphas_cumprod.to(device)
     grid = teacher_grid + [-1]  # -1: the clean end of the last step
     with torch.no_grad():

@@ -10,7 +10,9 @@
 One optimizer step: backward through accelerate, gradient clipping on the step that syncs gradients, optimizer and
 LR-scheduler step, EMA update (``--ema-decay`` > 0). Every micro-batch's loss is checked to be finite (a
 ``StageError`` naming the step otherwise). Every ``--checkpoint-every`` steps a resumable checkpoint (accelerate
-state: models, optimizer, scheduler, EMA, RNG) is written; ``--resume latest`` continues from the last one.
+state: models, optimizer, scheduler, EMA, every RNG, including the stage's own streams ``loop.random`` and
+``loop.generator``) is written; ``--resume latest`` continues from the last one and draws what an uninterrupted run
+would have drawn.
 
 ``warm_up`` is the plain loop of a stage's from-scratch sub-phases (e.g. the teacher's VAE), kept out of
 accelerate's state so the main phase's checkpoints stay resumable.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import random
 import shutil
 from pathlib import Path
 
@@ -179,6 +182,22 @@ def save_substage(accelerator, out: Path, folder: Path, model, metrics: dict, se
     accelerator.wait_for_everyone()
 
 
+class RandomStreams:
+    """A stage's own random streams, seeded with ``seed``: ``random`` (python) and ``generator`` (torch, CPU). They
+    are saved with every checkpoint, so that a resumed run continues them instead of starting new ones."""
+
+    def __init__(self, seed: int):
+        self.random = random.Random(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def state_dict(self) -> dict:
+        return {"random": self.random.getstate(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.random.setstate(state["random"])
+        self.generator.set_state(state["generator"])
+
+
 class TrainLoop:
     """One stage's run: created after the stage has checked its arguments (it claims ``--output``)."""
 
@@ -188,6 +207,8 @@ class TrainLoop:
         self.accelerator = make_accelerator(args, stage)  # seeds every RNG with --seed, starts the stage clock
         save_config(args, self.out, stage, config_extra)
         self.device = self.accelerator.device
+        streams = RandomStreams(args.seed + self.accelerator.process_index)
+        self.streams, self.random, self.generator = streams, streams.random, streams.generator
         self.model = self.optimizer = self.lr_scheduler = self.ema = self.params = None
         self.step = self.start = 0
         self.loss = None  # the last step's loss (float)
@@ -195,7 +216,8 @@ class TrainLoop:
     def prepare(self, model, optimizer, loader=None, *extra_models):
         """accelerate ``prepare`` of the trained ``model``, ``extra_models`` trained with it, ``optimizer`` (with an
         LR scheduler made here) and ``loader``; then the EMA (``--ema-decay`` > 0) and ``--resume``. Returns the
-        prepared ``model``, ``loader`` (None without one) and ``extra_models``; ``self.start`` is the first step."""
+        prepared ``model``, ``loader`` (None without one) and ``extra_models``; ``self.start`` is the first step.
+        Draw a stage's own random numbers from ``self.random`` / ``self.generator`` (restored on resume)."""
         args, accelerator = self.args, self.accelerator
         self.lr_scheduler = make_lr_scheduler(optimizer, args)
         dataset = getattr(loader, "dataset", None)
@@ -211,6 +233,7 @@ class TrainLoop:
         if self.ema is not None:
             self.ema.to(self.device)
             accelerator.register_for_checkpointing(self.ema)
+        accelerator.register_for_checkpointing(self.streams)
         self.start = self.step = maybe_resume(accelerator, args, self.out)
         if self.start and hasattr(dataset, "offset"):  # fresh samples after a resume
             dataset.offset = self.start * args.batch_size * accelerator.num_processes
@@ -221,7 +244,11 @@ class TrainLoop:
         args, accelerator, model, params = self.args, self.accelerator, self.model, self.params
         bar = progress(accelerator, args.max_steps, self.start, self.stage)
         while self.step < args.max_steps:
-            batch = next(batches)
+            if self.step == self.start > 0:  # resumed: a new loader iterator draws its seed from the CPU RNG,
+                with torch.random.fork_rng(devices=[]):  # which must stay as the checkpoint restored it
+                    batch = next(batches)
+            else:
+                batch = next(batches)
             with accelerator.accumulate(model):
                 out = loss_fn(batch)
                 loss, logs = out if isinstance(out, tuple) else (out, {})

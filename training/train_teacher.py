@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import random
 import time
 
 import torch
@@ -211,7 +210,7 @@ def train_denoiser(args, stage: str, block_keep_prob: float = 1.0, components: d
         unet, loader, text_encoder = loop.prepare(unet, optimizer, loader, text_encoder)
     else:
         unet, loader = loop.prepare(unet, optimizer, loader)
-    rng = random.Random(args.seed + loop.accelerator.process_index + loop.start)
+    rng = loop.random  # caption dropout
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
 
     # 4. training loop: the denoising loss of a batch (caption dropout for classifier-free guidance)
