@@ -6,19 +6,11 @@ import pytest
 from training_helpers import K, pipe_64, saved
 
 
-@pytest.fixture(scope="module")
-def pipe64():
-    return pipe_64()
-
-
-@pytest.fixture(scope="module")
-def model64(tmp_path_factory, pipe64):
-    return saved(pipe64, tmp_path_factory.mktemp("model64"))
-
-
-def test_ablate_removal_sweep_writes_table_and_plot(tmp_path, capsys, model64, pipe64):
+def test_ablate_removal_sweep_writes_table_and_plot(tmp_path, capsys):
     from training import ablate
 
+    pipe64 = pipe_64()
+    model64 = saved(pipe64, tmp_path / "model64")
     out = tmp_path / "abl"
     blocks = [str(b) for b in pipe64.unet.removable_blocks()][:3]  # all of them: see --blocks' default
     argv = ["--model", f"a={model64}", "--model", f"b={model64}", "--steps", "1", "--num-images", str(K),
