@@ -104,7 +104,7 @@ def speedup_html(left: dict, right: dict, note: str = "") -> str:
     if note:
         detail += f"<br>{html.escape(note)}"
     head = html.escape(speedup_head(left, right), quote=False)
-    head = f"<div style='font-size:2em;font-weight:700;color:{colors[2]}'>{head}</div>"
+    head = f"<div style='font-size:1.6em;font-weight:700;color:{colors[2]}'>{head}</div>"
     return _box(colors, f"{head}<div>{detail}</div>")
 
 

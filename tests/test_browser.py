@@ -43,7 +43,7 @@ def url(model_dirs):
     if not (teacher and student):
         teacher, student = model_dirs
     demo = app.create_demo(teacher, student)
-    yield launch(demo)
+    yield launch(demo), demo.snapfusion.sides
     demo.close()
 
 
@@ -87,6 +87,9 @@ def browser_page():
 def test_a_visitor_compares_both_sides_in_a_real_browser(url, tmp_path):
     from playwright.sync_api import expect
 
+    url, sides = url
+    settings = {k: f"{s.default_steps} steps, CFG {s.default_guidance:g}" for k, s in sides.items()}
+
     shot = Path(os.environ.get("SNAPFUSION_APP_SCREENSHOT") or tmp_path / "app_screenshot.png")
     with browser_page() as page:
         page.goto(url, wait_until="networkidle")
@@ -99,8 +102,8 @@ def test_a_visitor_compares_both_sides_in_a_real_browser(url, tmp_path):
             expect(page.locator(f"#{side}-image img")).to_be_visible(timeout=300_000)
             expect(page.locator(f"#{side}-readout")).to_contain_text("Measured on", timeout=300_000)
             expect(page.locator(f"#{side}-readout")).to_contain_text("ms/step")
-        expect(page.locator("#speedup")).to_contain_text("Right side (8 steps, CFG 4.5) is", timeout=30_000)
-        expect(page.locator("#speedup")).to_contain_text("than the left side (50 steps, CFG 7.5)")
+        expect(page.locator("#speedup")).to_contain_text(f"Right side ({settings['right']}) is", timeout=30_000)
+        expect(page.locator("#speedup")).to_contain_text(f"than the left side ({settings['left']})")
         expect(page.locator("#speedup")).to_contain_text("UNet part")
         for side in ("left", "right"):
             width = page.locator(f"#{side}-image img").evaluate("img => img.naturalWidth")
