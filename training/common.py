@@ -10,14 +10,10 @@ import argparse
 import json
 import math
 import os
-import random
 import sys
 import time
 from pathlib import Path
 from typing import NoReturn
-
-import numpy as np
-import torch
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "training_config.json"
@@ -157,12 +153,6 @@ def reuse_substage_time(folder: Path) -> None:
     f = Path(folder) / "seconds.json"
     if not _CLOCK["restored"] and f.exists():
         _CLOCK["before"] += float(json.loads(f.read_text())["seconds"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def _jsonable(d: dict) -> dict:

@@ -243,10 +243,12 @@ class TrainLoop:
         """Train until ``--max-steps``; ``loss_fn(next(batches))`` is the loss or (loss, {name: value to log})."""
         args, accelerator, model, params = self.args, self.accelerator, self.model, self.params
         bar = progress(accelerator, args.max_steps, self.start, self.stage)
+        resumed = self.start > 0
         while self.step < args.max_steps:
-            if self.step == self.start > 0:  # resumed: a new loader iterator draws its seed from the CPU RNG,
-                with torch.random.fork_rng(devices=[]):  # which must stay as the checkpoint restored it
+            if resumed:  # the first fetch makes a new loader iterator, which draws its seed from the CPU RNG: keep
+                with torch.random.fork_rng(devices=[]):  # the RNG as the checkpoint restored it
                     batch = next(batches)
+                resumed = False
             else:
                 batch = next(batches)
             with accelerator.accumulate(model):
