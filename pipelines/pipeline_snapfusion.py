@@ -61,30 +61,6 @@ class _OptionalComponents:
         return [spare, "safety_checker", "feature_extractor"]
 
 
-class _InterruptFlag:
-    """``pipe.interrupt``: diffusers' flag (``if pipe.interrupt:``; true once a stop was asked for the running call)
-    that is also callable: ``pipe.interrupt()`` stops the running ``__call__`` after its current step (the app's
-    cancel button). Callbacks written for diffusers set ``pipe._interrupt = True``, which this flag reads."""
-
-    __slots__ = ("_pipe",)
-    __hash__ = None
-
-    def __init__(self, pipe):
-        self._pipe = pipe
-
-    def __bool__(self) -> bool:
-        return bool(getattr(self._pipe, "_interrupt", False))
-
-    def __eq__(self, other) -> bool:
-        return bool(self) == other
-
-    def __call__(self) -> None:
-        self._pipe._interrupt = True
-
-    def __repr__(self) -> str:
-        return repr(bool(self))
-
-
 class SnapFusionPipeline(DiffusionPipeline):
     """Text-to-image pipeline for a stock SD-1.x UNet or an ``EfficientUNet2DConditionModel``.
 
@@ -177,9 +153,10 @@ class SnapFusionPipeline(DiffusionPipeline):
         return self._num_timesteps
 
     @property
-    def interrupt(self) -> _InterruptFlag:
-        """True once a stop was asked; ``pipe.interrupt()`` asks the running call to stop after its current step."""
-        return _InterruptFlag(self)
+    def interrupt(self) -> bool:
+        """True once a step callback set ``pipe._interrupt = True`` (diffusers' way to stop the running call after
+        its current step; the app's Cancel does it)."""
+        return self._interrupt
 
     def _check_embeds(self, name: str, embeds, batch: int | None) -> None:
         if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3:
@@ -385,7 +362,7 @@ class SnapFusionPipeline(DiffusionPipeline):
         ``generator``: one, or a list with one per image (``len(prompts) * num_images_per_prompt``).
         ``callback_on_step_end(pipe, i, t, tensors)`` runs after each step with the tensors named in
         ``callback_on_step_end_tensor_inputs`` (from ``_callback_tensor_inputs``) and may return replacements;
-        ``pipe.interrupt()`` or ``pipe._interrupt = True`` in it stops after the current step."""
+        ``pipe._interrupt = True`` in it stops the run after the current step."""
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         if num_inference_steps is None:

@@ -132,7 +132,7 @@ class CompareApp:
 
         def on_step(pipe, i, t, callback_kwargs):
             if cancel.is_set():
-                pipe.interrupt()
+                pipe._interrupt = True  # diffusers' stop: the pipeline ends after this step
             events.put(("step", i + 1))
             return {}
 

@@ -407,7 +407,7 @@ def test_callback_cfg_reads_and_writes_the_pipeline_properties():
     seen = []
 
     def increase_guidance(p, i, t, kwargs):
-        seen.append((p.num_timesteps, p.do_classifier_free_guidance, p.cross_attention_kwargs, bool(p.interrupt)))
+        seen.append((p.num_timesteps, p.do_classifier_free_guidance, p.cross_attention_kwargs, p.interrupt))
         p._guidance_scale += 1.0
         return kwargs
 
@@ -439,26 +439,18 @@ def test_guidance_changed_by_a_callback_is_used_from_the_next_step():
 
 
 def test_interrupt_stops_after_current_step():
-    """The app calls ``pipe.interrupt()``; callbacks written for diffusers set ``pipe._interrupt = True`` and read
-    ``pipe.interrupt`` as a flag. Both stop the run after the current step."""
+    """diffusers' stop, as the app's Cancel uses it: a step callback sets ``pipe._interrupt = True``; the run ends
+    after that step, ``pipe.interrupt`` reads True, and the next call starts afresh."""
     pipe = tiny_pipeline(0)
-
-    def app_style(p, i, t, kwargs):
-        if i == 0:
-            p.interrupt()
-        return {}
-
-    out = _run(pipe, num_inference_steps=4, callback_on_step_end=app_style)
-    assert out.timings["steps_run"] == 1 and out.timings["interrupted"] and pipe.interrupt
-
     flags = []
 
-    def diffusers_style(p, i, t, kwargs):
-        flags.append(bool(p.interrupt))
+    def stop_at_second(p, i, t, kwargs):
+        flags.append(p.interrupt)
         if i == 1:
             p._interrupt = True
         return kwargs
 
-    out = _run(pipe, num_inference_steps=4, callback_on_step_end=diffusers_style)
-    assert flags == [False, False] and out.timings["steps_run"] == 2 and out.timings["interrupted"]
-    assert not _run(pipe).timings["interrupted"] and pipe.interrupt == False  # noqa: E712 - reset by the next call
+    out = _run(pipe, num_inference_steps=4, callback_on_step_end=stop_at_second)
+    assert flags == [False, False] and out.timings["steps_run"] == 2 and out.timings["interrupted"] is True
+    assert pipe.interrupt is True
+    assert _run(pipe).timings["interrupted"] is False and pipe.interrupt is False
