@@ -117,6 +117,7 @@ def _load(out, name):
         return json.load(f)
 
 
+@pytest.mark.slow
 def test_run_all_writes_every_section_and_the_report(quick_run):
     for name in SECTIONS:
         data = _load(quick_run, name)
@@ -131,6 +132,7 @@ def test_run_all_writes_every_section_and_the_report(quick_run):
         assert (quick_run / "benchmarks" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_unet_step_results(quick_run):
     data = _load(quick_run, "unet_step")
     assert data["latent"] == [16, 16] and data["batch"] == 2 and data["repeats"] == 1
@@ -149,6 +151,7 @@ def test_unet_step_results(quick_run):
     assert data["target"]["snapfusion_over_sd15_max"] == 0.7  # the verdict itself: test_benchmarks_unet_step.py
 
 
+@pytest.mark.slow
 def test_vae_decoder_results(quick_run):
     data = _load(quick_run, "vae_decoder")
     sd, pruned = data["decoders"]["sd15"], data["decoders"]["pruned"]
@@ -157,6 +160,7 @@ def test_vae_decoder_results(quick_run):
     assert data["target"]["speedup_min"] == 3.0  # the speed-up and verdict: test_benchmarks_vae_decoder.py
 
 
+@pytest.mark.slow
 def test_end_to_end_results(quick_run):
     data = _load(quick_run, "end_to_end")
     sd, sf = data["pipelines"]["sd15"], data["pipelines"]["snapfusion"]
@@ -173,6 +177,7 @@ def test_end_to_end_results(quick_run):
     assert teacher["image"] == [32, 32]
 
 
+@pytest.mark.slow
 def test_quality_results(quick_run):
     data = _load(quick_run, "quality")
     assert data["skipped"] is False and not data["ignored"]
@@ -185,6 +190,7 @@ def test_quality_results(quick_run):
     )
 
 
+@pytest.mark.slow
 def test_export_results(quick_run):
     data = _load(quick_run, "export_sizes")
     assert data["skipped"] is False and len(data["exports"]) == 2

@@ -93,6 +93,7 @@ def test_shipped_model_generates_deterministically(pipes, name):
     assert a.std() > 0.05  # an image, not a flat field
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["teacher", "student"])
 def test_shipped_model_follows_its_prompts(pipes, name):
     """The probe reads the prompted attributes back from the 32 fixed validation prompts, at the defaults."""

@@ -39,6 +39,7 @@ def test_decoder_stage_guidance_list():
             parse_guidance_list(bad)
 
 
+@pytest.mark.slow
 def test_decoder_stage_pixel_shuffle(saved_teacher, tmp_path):
     from pipelines import PixelShuffleVAEDecoder
     from training.models import load_stage_pipeline

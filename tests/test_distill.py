@@ -50,6 +50,7 @@ def test_to_v_and_grids_validation():
         step_grids(ddim_scheduler().config, 8, 8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cfg", [False, True])
 def test_distillation_loss_falls_by_half(cfg):
     torch.manual_seed(0)

@@ -116,6 +116,7 @@ EXPECTED = {
 }  # fmt: skip
 
 
+@pytest.mark.slow
 def test_efficient_export_packages_have_documented_io(efficient_export):
     out = efficient_export.out
     assert sorted(os.listdir(out)) == sorted([*EXPECTED, "manifest.json", "merges.txt", "vocab.json"])
@@ -131,6 +132,7 @@ def test_efficient_export_packages_have_documented_io(efficient_export):
     assert unet["inputs"][0]["dtype"] in ("float32", "float16")
 
 
+@pytest.mark.slow
 def test_stock_unet_exports_with_split_einsum(stock_export):
     assert sorted(os.listdir(stock_export.out)) == ["Unet.mlpackage", "manifest.json", "merges.txt", "vocab.json"]
     spec = _spec(stock_export.out / "Unet.mlpackage")
@@ -145,6 +147,7 @@ def test_stock_unet_exports_with_split_einsum(stock_export):
     assert "SplitEinsumAttnProcessor" not in procs
 
 
+@pytest.mark.slow
 def test_numeric_check_ran_and_passed(efficient_export, stock_export):
     reports = [*efficient_export.report.components.values(), *stock_export.report.components.values()]
     assert [r.name for r in reports] == ["text_encoder", "unet", "vae_decoder", "unet"]
@@ -159,6 +162,7 @@ def test_numeric_check_ran_and_passed(efficient_export, stock_export):
     assert all(v["exported_graph"]["passed"] for v in summary.values())
 
 
+@pytest.mark.slow
 def test_pixel_shuffle_decoder_exports(tmp_path, fast_timing):
     pipe = tiny_pipeline(0, compressed_decoder="pixel_shuffle")
     report = export_pipeline(pipe, tmp_path / "coreml", components="vae_decoder", precision="fp32")
@@ -171,6 +175,7 @@ def test_pixel_shuffle_decoder_exports(tmp_path, fast_timing):
     assert "pixel_shuffle" in _op_types(spec) or "depth_to_space" in _op_types(spec)
 
 
+@pytest.mark.slow
 def test_six_bit_export_is_smaller_than_fp16(efficient_export, stock_export):
     unet = efficient_export.report.components["unet"]
     assert unet.size_mb_before_quantization is not None
@@ -185,6 +190,7 @@ def test_six_bit_export_is_smaller_than_fp16(efficient_export, stock_export):
     assert efficient_export.report.quantization["bits"] == 6
 
 
+@pytest.mark.slow
 def test_manifest_records_pipeline_settings(efficient_export):
     pipe, report = efficient_export.pipe, efficient_export.report
     manifest = json.loads((efficient_export.out / "manifest.json").read_text())
@@ -203,6 +209,7 @@ def test_manifest_records_pipeline_settings(efficient_export):
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
 
 
+@pytest.mark.slow
 def test_latency_measured_and_estimated_are_labelled(efficient_export):
     report, table = efficient_export.report, efficient_export.table
     unet = report.components["unet"].latency
@@ -246,6 +253,7 @@ def test_end_to_end_latency_from_known_components():
     assert unet_only["measured_note"] == "not computed: text_encoder, vae_decoder not exported"
 
 
+@pytest.mark.slow
 def test_stock_unet_priced_through_from_unet(stock_export):
     est = stock_export.report.components["unet"].latency["estimate"]
     assert "from_unet" in est["note"]
@@ -302,6 +310,7 @@ class _Skewed(nn.Module):
         return tuple(o * 1.5 for o in self.inner(input_ids))
 
 
+@pytest.mark.slow
 def test_failed_numeric_check_keeps_nothing(efficient_export, tmp_path, monkeypatch):
     real = convert._export_program
     monkeypatch.setattr(convert, "_export_program", lambda wrapper, args: real(_Skewed(wrapper), args))
@@ -318,6 +327,7 @@ def test_failed_numeric_check_keeps_nothing(efficient_export, tmp_path, monkeypa
     assert sorted(os.listdir(old)) == listing and sorted(os.listdir(tmp_path)) == ["old"]
 
 
+@pytest.mark.slow
 def test_latency_table_errors(efficient_export, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{}")

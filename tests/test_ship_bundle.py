@@ -2,12 +2,14 @@
 
 import json
 
+import pytest
 import torch
 from training_helpers import run
 
 from pipelines.tiny import tiny_pipeline
 
 
+@pytest.mark.slow
 def test_ship_bundle_one_model(tmp_path):
     from safetensors.torch import load_file
 

@@ -14,6 +14,7 @@ def saved_teacher(tmp_path_factory):
     return save_teacher(tmp_path_factory.mktemp("teacher"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prediction_type, keep", [("epsilon", 1.0), ("v_prediction", 1.0), ("epsilon", 0.8)])
 def test_denoiser_and_robust_losses_fall_by_half(prediction_type, keep):
     from training.train_teacher import denoising_loss
@@ -29,6 +30,7 @@ def test_denoiser_and_robust_losses_fall_by_half(prediction_type, keep):
     assert last < 0.5 * first, (first, last)
 
 
+@pytest.mark.slow
 def test_stage_cli_bad_input_exit_code(saved_teacher, tmp_path):
     r = run("training.train_teacher", "--pretrained", str(saved_teacher), "--data", f"folder:{tmp_path / 'none'}",
              "--output", str(tmp_path / "o"), "--max-steps", "1", "--log-with", "none")  # fmt: skip
@@ -41,6 +43,7 @@ def test_stage_cli_bad_input_exit_code(saved_teacher, tmp_path):
     assert r.returncode == 2 and "--max-steps" in r.stderr
 
 
+@pytest.mark.slow
 def test_teacher_resume_and_no_clobber(tmp_path):
     out = tmp_path / "t"
     args = ["--model-preset", "smoke", "--output", str(out), "--max-steps", "4", "--vae-steps", "2",

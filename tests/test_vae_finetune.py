@@ -13,6 +13,7 @@ def saved_teacher(tmp_path_factory):
     return save_teacher(tmp_path_factory.mktemp("teacher"))
 
 
+@pytest.mark.slow
 def test_vae_finetune_trains_only_the_decoder(saved_teacher, tmp_path):
     from safetensors.torch import load_file
 

@@ -148,9 +148,8 @@ def distillation_loss(s_unet, t_unet, x0, noise, cond, uncond, k, w, grid, r, al
 
 def main(args):
     validate_common_args(args)
-    for name in ("cfg_prob",):
-        if not 0.0 <= getattr(args, name) <= 1.0:
-            raise StageError(f"--cfg-prob must be in [0, 1]; got {args.cfg_prob}.")
+    if not 0.0 <= args.cfg_prob <= 1.0:
+        raise StageError(f"--cfg-prob must be in [0, 1]; got {args.cfg_prob}.")
     if not (1.0 <= args.w_min <= args.w_max):
         raise StageError(f"need 1 <= --w-min <= --w-max; got {args.w_min}, {args.w_max}.")
     if args.gamma < 0:
