@@ -77,7 +77,9 @@ def resolve_model(model: str, required: Iterable[str | tuple[str, ...]] = PIPELI
         return str(path)
     if HUB_ID.match(model):
         return _fetch_from_hub(model)
-    raise ModelLoadError(f"{model!r} is neither an existing folder nor a Hugging Face Hub id of the form 'owner/name'.")
+    raise ModelLoadError(
+        f"{model!r} is neither an existing folder nor a Hugging Face Hub id of the form 'owner/name'."
+    )
 
 
 def load_pipeline(model: str, device: str | None = None, dtype: str | None = None,
