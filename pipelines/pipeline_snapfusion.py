@@ -27,6 +27,7 @@ from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 
+from .guidance import guidance_scale_embedding, is_guidance_embedded
 from .timing import Timer
 
 logger = logging.get_logger(__name__)
@@ -71,6 +72,11 @@ class SnapFusionPipeline(DiffusionPipeline):
 
     ``default_num_inference_steps`` / ``default_guidance_scale`` are the model's recommended values (config, not
     components: like diffusers' ``requires_safety_checker`` they are not in ``pipe.components``).
+
+    A guidance-embedded UNet (``time_cond_proj_dim`` in its config, e.g. the one-pass student of
+    ``training.guidance_distill``) runs one UNet pass per step with ``guidance_scale`` fed to the network, as
+    diffusers' LCM pipeline does: no unconditional batch, so a negative prompt has nothing to act on and is
+    refused. ``guidance_scale_range`` (config) is the range of scales it was trained on; others are refused.
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
@@ -90,6 +96,7 @@ class SnapFusionPipeline(DiffusionPipeline):
         default_num_inference_steps: int = 50,
         default_guidance_scale: float = 7.5,
         requires_safety_checker: bool = False,
+        guidance_scale_range: tuple[float, float] | list[float] | None = None,
     ):
         super().__init__()
         self.register_modules(
@@ -100,6 +107,7 @@ class SnapFusionPipeline(DiffusionPipeline):
             default_num_inference_steps=default_num_inference_steps,
             default_guidance_scale=default_guidance_scale,
             requires_safety_checker=requires_safety_checker,
+            guidance_scale_range=None if guidance_scale_range is None else [float(v) for v in guidance_scale_range],
         )
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self._warned_truncation = False
@@ -142,7 +150,12 @@ class SnapFusionPipeline(DiffusionPipeline):
 
     @property
     def do_classifier_free_guidance(self) -> bool:
-        return self._guidance_scale > 1.0 and getattr(self.unet.config, "time_cond_proj_dim", None) is None
+        return self._guidance_scale > 1.0 and not self.guidance_embedded
+
+    @property
+    def guidance_embedded(self) -> bool:
+        """True for a UNet that takes the guidance scale as an input: one UNet pass per step, no CFG batch."""
+        return is_guidance_embedded(self.unet)
 
     @property
     def cross_attention_kwargs(self) -> dict | None:
@@ -216,6 +229,15 @@ class SnapFusionPipeline(DiffusionPipeline):
             raise ValueError(f"`guidance_scale` must be a finite number; got {guidance_scale!r}.") from None
         if not math.isfinite(g):
             raise ValueError(f"`guidance_scale` must be a finite number; got {guidance_scale!r}.")
+        if self.guidance_embedded:
+            lo_hi = getattr(self.config, "guidance_scale_range", None)
+            if lo_hi is not None and not lo_hi[0] <= g <= lo_hi[1]:
+                raise ValueError(f"`guidance_scale` {g:g} is outside the range this guidance-embedded model was "
+                                 f"trained on, [{lo_hi[0]:g}, {lo_hi[1]:g}].")  # fmt: skip
+            negatives = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt or []
+            if any(n.strip() for n in negatives if isinstance(n, str)) or negative_prompt_embeds is not None:
+                raise ValueError("This model takes the guidance scale as an input and runs one UNet pass per step, "
+                                 "with no unconditional branch: a negative prompt has no effect. Leave it empty.")
         m = self.size_multiple
         for name, v in (("height", height), ("width", width)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < m or v % m:
@@ -404,6 +426,8 @@ class SnapFusionPipeline(DiffusionPipeline):
 
         # 4. denoising loop
         unet_kwargs = {} if cross_attention_kwargs is None else {"cross_attention_kwargs": cross_attention_kwargs}
+        embedded = self.guidance_embedded
+        timings["guidance_embedded"] = embedded
         step_ms = []
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
@@ -414,6 +438,10 @@ class SnapFusionPipeline(DiffusionPipeline):
                     cfg_now = self.do_classifier_free_guidance  # a callback may have changed the guidance scale
                     model_in = torch.cat([latents] * 2) if cfg_now else latents
                     model_in = self.scheduler.scale_model_input(model_in, t_step)
+                    if embedded:  # one pass, the guidance scale as an input (a callback may have changed it)
+                        unet_kwargs["timestep_cond"] = guidance_scale_embedding(
+                            self.guidance_scale, self.unet.config.time_cond_proj_dim, batch=latents.shape[0]
+                        ).to(device=device, dtype=latents.dtype)
                     noise_pred = self.unet(model_in, t_step, encoder_hidden_states=prompt_embeds, return_dict=False,
                                            **unet_kwargs)[0]  # fmt: skip
                     if cfg_now:
@@ -465,7 +493,8 @@ def format_timings(timings: dict[str, Any]) -> str:
     lines = [
         f"text encoder: {timings['text_encoder_ms']:.1f} ms",
         f"UNet: {timings['unet_ms_mean']:.1f} ms/step x {n} steps = {timings['unet_ms_total']:.1f} ms"
-        + (" (CFG, batch 2)" if timings.get("cfg") else ""),
+        + (" (CFG, batch 2)" if timings.get("cfg") else "")
+        + (" (one pass, guidance as input)" if timings.get("guidance_embedded") else ""),
         f"decoder: {timings['decoder_ms']:.1f} ms",
         f"total: {timings['total_ms']:.1f} ms on {timings.get('device', '?')}",
     ]

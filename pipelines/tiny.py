@@ -41,30 +41,36 @@ def tiny_vae(seed: int = 0, channels=(8, 16), latent_channels: int = 4):
     ).eval()  # fmt: skip
 
 
-def tiny_stock_unet(seed: int = 0, channels=(8, 16, 16, 16), cross_attention_dim: int = 32, sample_size: int = 16):
-    """diffusers ``UNet2DConditionModel`` with SD-1.x topology, tiny widths."""
+def tiny_stock_unet(seed: int = 0, channels=(8, 16, 16, 16), cross_attention_dim: int = 32, sample_size: int = 16,
+                    time_cond_proj_dim: int | None = None):  # fmt: skip
+    """diffusers ``UNet2DConditionModel`` with SD-1.x topology, tiny widths (a guidance embedding when
+    ``time_cond_proj_dim`` is given, as LCM's UNets have)."""
     torch.manual_seed(seed)
     n = len(channels)
     return UNet2DConditionModel(
         sample_size=sample_size, block_out_channels=channels, layers_per_block=2, norm_num_groups=4,
         cross_attention_dim=cross_attention_dim, attention_head_dim=2,
         down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1), time_cond_proj_dim=time_cond_proj_dim,
     ).eval()  # fmt: skip
 
 
 def tiny_efficient_unet(seed: int = 0, preset: str = "snapfusion", channels=(8, 16, 16, 16),
-                        cross_attention_dim: int = 32, sample_size: int = 16):  # fmt: skip
+                        cross_attention_dim: int = 32, sample_size: int = 16,
+                        time_cond_proj_dim: int | None = None):  # fmt: skip
     torch.manual_seed(seed)
     return EfficientUNet2DConditionModel.from_preset(
         preset, sample_size=sample_size, block_out_channels=channels, norm_num_groups=4,
-        cross_attention_dim=cross_attention_dim, num_attention_heads=2,
+        cross_attention_dim=cross_attention_dim, num_attention_heads=2, time_cond_proj_dim=time_cond_proj_dim,
     ).eval()  # fmt: skip
 
 
 def tiny_components(seed: int = 0, unet: str = "efficient", compressed_decoder: bool | str = False,
-                    prediction_type: str = "epsilon") -> dict:  # fmt: skip
+                    prediction_type: str = "epsilon", time_cond_proj_dim: int | None = None) -> dict:  # fmt: skip
     """Components for ``SnapFusionPipeline(**components)``: 32x32 images, 16x16 latents.
+
+    ``time_cond_proj_dim``: a guidance-embedded UNet (one pass per step; its guidance projection randomly
+    initialised, so the guidance scale changes the output).
 
     ``compressed_decoder``: False (the VAE decodes), True or "pruned" (``CompressedVAEDecoder`` at 50% width) or
     "pixel_shuffle" (a fresh two-stage ``PixelShuffleVAEDecoder``)."""
@@ -72,9 +78,9 @@ def tiny_components(seed: int = 0, unet: str = "efficient", compressed_decoder: 
     text_encoder = tiny_text_encoder(len(tokenizer.get_vocab()), seed)
     vae = tiny_vae(seed)
     if unet == "efficient":
-        net = tiny_efficient_unet(seed, sample_size=16)
+        net = tiny_efficient_unet(seed, sample_size=16, time_cond_proj_dim=time_cond_proj_dim)
     elif unet == "stock":
-        net = tiny_stock_unet(seed, sample_size=16)
+        net = tiny_stock_unet(seed, sample_size=16, time_cond_proj_dim=time_cond_proj_dim)
     else:
         raise ValueError(f"unet must be 'efficient' or 'stock'; got {unet!r}.")
     if compressed_decoder not in (False, True, "pruned", "pixel_shuffle"):

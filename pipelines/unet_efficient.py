@@ -168,6 +168,7 @@ class EfficientUNet2DConditionModel(ModelMixin, ConfigMixin):
         use_linear_projection: bool = False,
         upcast_attention: bool = False,
         dropout: float = 0.0,
+        time_cond_proj_dim: int | None = None,
     ):
         super().__init__()
         n = len(block_out_channels)
@@ -192,7 +193,8 @@ class EfficientUNet2DConditionModel(ModelMixin, ConfigMixin):
         temb_dim = c0 * 4
         self.conv_in = nn.Conv2d(in_channels, c0, kernel_size=3, padding=1)
         self.time_proj = Timesteps(c0, flip_sin_to_cos, freq_shift)
-        self.time_embedding = TimestepEmbedding(c0, temb_dim, act_fn=act_fn)
+        # time_cond_proj_dim (diffusers' name): a guidance-scale embedding added to the timestep's (LCM-style)
+        self.time_embedding = TimestepEmbedding(c0, temb_dim, act_fn=act_fn, cond_proj_dim=time_cond_proj_dim)
 
         # Walk the layout once, tracking channels, to build blocks and the skip bookkeeping.
         self._block_info: dict[BlockId, dict] = {}  # id -> {"in": c_in (hidden), "out": c_out, "skip": k or None}
@@ -311,8 +313,7 @@ class EfficientUNet2DConditionModel(ModelMixin, ConfigMixin):
             problems.append(f"up_block_types={tuple(cfg.up_block_types)} (expected {expected_up})")
         if cfg.mid_block_type != "UNetMidBlock2DCrossAttn":
             problems.append(f"mid_block_type={cfg.mid_block_type!r}")
-        for key in ("class_embed_type", "addition_embed_type", "time_cond_proj_dim", "encoder_hid_dim",
-                    "num_class_embeds"):  # fmt: skip
+        for key in ("class_embed_type", "addition_embed_type", "encoder_hid_dim", "num_class_embeds"):
             if getattr(cfg, key, None) is not None:
                 problems.append(f"{key}={getattr(cfg, key)!r}")
         tl = cfg.transformer_layers_per_block
@@ -334,6 +335,7 @@ class EfficientUNet2DConditionModel(ModelMixin, ConfigMixin):
             norm_eps=cfg.norm_eps, act_fn=cfg.act_fn, flip_sin_to_cos=cfg.flip_sin_to_cos,
             freq_shift=cfg.freq_shift, use_linear_projection=cfg.use_linear_projection,
             upcast_attention=cfg.upcast_attention, dropout=cfg.dropout,
+            time_cond_proj_dim=getattr(cfg, "time_cond_proj_dim", None),
         )  # fmt: skip
         src = unet
         sd = {}
@@ -550,11 +552,15 @@ class EfficientUNet2DConditionModel(ModelMixin, ConfigMixin):
         sample: torch.Tensor,
         timestep: torch.Tensor | float | int,
         encoder_hidden_states: torch.Tensor,
+        timestep_cond: torch.Tensor | None = None,
         skip_blocks: Iterable | None = None,
         return_dict: bool = True,
         **kwargs,
     ):
         """``sample`` (B, C, H, W) noisy latents; ``encoder_hidden_states`` (B, L, D) text features.
+
+        ``timestep_cond`` (B, time_cond_proj_dim): the guidance-scale embedding of a guidance-embedded UNet
+        (``pipelines.guidance.guidance_scale_embedding``); only for a UNet built with ``time_cond_proj_dim``.
 
         ``skip_blocks``: blocks to replace by identity in this call (on top of ``self.skip_blocks``).
         Extra diffusers keyword arguments (``cross_attention_kwargs``, ...) are accepted and ignored.
@@ -577,7 +583,16 @@ class EfficientUNet2DConditionModel(ModelMixin, ConfigMixin):
         elif timesteps.ndim == 0:
             timesteps = timesteps[None].to(sample.device)
         timesteps = timesteps.expand(sample.shape[0])
-        temb = self.time_embedding(self.time_proj(timesteps).to(dtype=sample.dtype))  # (B, 4*c0)
+        if timestep_cond is not None and self.config.time_cond_proj_dim is None:
+            raise ValueError("timestep_cond was given, but this UNet has no guidance embedding "
+                             "(time_cond_proj_dim is None); call it without timestep_cond.")  # fmt: skip
+        if timestep_cond is not None and timestep_cond.shape[-1] != self.config.time_cond_proj_dim:
+            raise ValueError(f"timestep_cond has {timestep_cond.shape[-1]} features; this UNet's "
+                             f"time_cond_proj_dim is {self.config.time_cond_proj_dim}.")  # fmt: skip
+        t_emb = self.time_proj(timesteps).to(dtype=sample.dtype)
+        if timestep_cond is not None:
+            timestep_cond = timestep_cond.to(dtype=sample.dtype)
+        temb = self.time_embedding(t_emb, timestep_cond)  # (B, 4*c0)
 
         # 2. down stages, pushing skips per resolution level
         h = self.conv_in(sample)
