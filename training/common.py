@@ -7,9 +7,13 @@ plumbing that would otherwise be copied into each of them; the training loop its
 from __future__ import annotations
 
 import argparse
+import atexit
+import datetime
+import fcntl
 import json
 import math
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -19,6 +23,7 @@ CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "training_config.json"
 DONE_FILE = "stage_complete.json"
 CLOCK_FILE = "stage_clock.json"
+LOCK_FILE = "run.lock"
 
 
 class StageError(ValueError):
@@ -79,12 +84,27 @@ def run_cli(main, parse_args) -> None:
 
 
 def prepare_output(args) -> Path:
-    """Check the output folder is safe to write: never clobber a finished stage or unrelated files."""
+    """Check the output folder is safe to write: never clobber a finished stage, unrelated files, or a folder that
+    another live run is writing (``claim_output``, held until the stage completes)."""
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise StageError(f"--output {out} exists and is a file.")
-    done = out / DONE_FILE
-    if done.exists() and not args.overwrite:
+    if is_main_rank():  # first: a live run on this folder is refused before anything else is read or written
+        claim_output(out)
+    try:
+        _check_output(out, args)
+    except StageError:
+        release_output(out)
+        raise
+    if args.overwrite and is_main_rank():
+        (out / DONE_FILE).unlink(missing_ok=True)
+        (out / CLOCK_FILE).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _check_output(out: Path, args) -> None:
+    if (out / DONE_FILE).exists() and not args.overwrite:
         raise StageError(
             f"{out} already holds a completed stage; pass --overwrite to replace it or pick a new --output."
         )
@@ -93,14 +113,9 @@ def prepare_output(args) -> Path:
         raise StageError(f"{out} has checkpoints from an earlier run; pass --resume latest to continue it, "
                          "or --overwrite to start over.")  # fmt: skip
     if out.is_dir() and args.resume is None and not args.overwrite:
-        stray = [p.name for p in out.iterdir() if p.name not in ("logs", CHECKPOINT_DIR)]
+        stray = [p.name for p in out.iterdir() if p.name not in ("logs", CHECKPOINT_DIR, LOCK_FILE)]
         if stray:
             raise StageError(f"{out} is not empty ({', '.join(sorted(stray)[:5])}); choose an empty --output.")
-    if args.overwrite:
-        done.unlink(missing_ok=True)
-        (out / CLOCK_FILE).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def make_accelerator(args, stage: str):
@@ -170,3 +185,93 @@ def mark_complete(out: Path, info: dict) -> None:
     if _CLOCK["start"] is not None and _CLOCK["out"] == Path(out) and "seconds" not in info:
         info = {**info, "seconds": round(stage_seconds(), 1)}
     (out / DONE_FILE).write_text(json.dumps(info, indent=2))
+    release_output(out)
+
+
+# Live-run lock: a run holds an exclusive flock on <output>/run.lock (its pid, host, start time and command inside)
+# while it writes the folder. The kernel drops the lock when the process dies, so a crashed run's file blocks
+# nothing; the next run takes it over. A run started on a folder that a live run holds, or inside one (a stage in a
+# live recipe's folder), is refused before it writes anything. Under ``accelerate launch`` the main rank holds it.
+_HELD: dict[Path, int] = {}  # lock file -> open descriptor holding its flock, for this process
+
+
+def is_main_rank() -> bool:
+    """The global main process of a launch (``RANK`` unset or 0): the one that claims output folders."""
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
+def _holder(lock: Path) -> str:
+    try:
+        info = json.loads(lock.read_text())
+        return f"pid {info['pid']} on host {info['host']}, started {info['started']}: {info['command']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"its details are not readable in {lock}"
+
+
+def _try_flock(lock: Path) -> int | None:
+    """An open descriptor holding the exclusive flock of ``lock`` (created if missing), or None if another holds it."""
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # the holder released (and removed) the file between our open and flock: try again
+
+
+def live_holder(folder) -> str | None:
+    """Who holds ``folder``'s live-run lock (pid, host, start, command) when another live process does, else None."""
+    lock = Path(folder).resolve() / LOCK_FILE
+    if lock in _HELD or not lock.is_file():
+        return None
+    fd = _try_flock(lock)
+    if fd is None:
+        return _holder(lock)
+    os.close(fd)  # nobody holds it: the file of a run that ended without releasing it
+    return None
+
+
+def claim_output(folder) -> None:
+    """Hold ``folder``'s live-run lock for this process until ``release_output`` (or exit); a ``StageError`` naming
+    the other run when a live run holds it or a folder above it. Taken again by the same process: a no-op."""
+    folder = Path(folder).resolve()
+    for parent in folder.parents:  # a live run writing a folder above (a recipe around this stage)
+        holder = live_holder(parent)
+        if holder:
+            raise StageError(f"{folder} is inside {parent}, which another live run is writing ({holder}); "
+                             "wait for it to end or stop it.")  # fmt: skip
+    lock = folder / LOCK_FILE
+    if lock in _HELD:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = _try_flock(lock)
+    if fd is None:
+        raise StageError(f"{folder} is being written by another live run ({_holder(lock)}); wait for it to end "
+                         "or stop it.")  # fmt: skip
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
+            "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")}  # fmt: skip
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps(info).encode())
+    _HELD[lock] = fd
+
+
+def release_output(folder) -> None:
+    """Give up ``folder``'s live-run lock if this process holds it (the lock file is removed)."""
+    lock = Path(folder).resolve() / LOCK_FILE
+    fd = _HELD.pop(lock, None)
+    if fd is not None:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+
+
+@atexit.register
+def _release_all() -> None:
+    for lock in list(_HELD):
+        release_output(lock.parent)

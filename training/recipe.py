@@ -20,7 +20,7 @@ import re
 import time
 from pathlib import Path
 
-from .common import CHECKPOINT_DIR, DONE_FILE, StageError, run_cli
+from .common import CHECKPOINT_DIR, DONE_FILE, StageError, claim_output, is_main_rank, live_holder, release_output, run_cli
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -90,7 +90,6 @@ def stage_argv(stage: dict, values: dict) -> list[str]:
 def main(args):
     config = load_config(args)
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
     values = {"output": str(out)}
     for item in args.var:
         key, sep, value = item.partition("=")
@@ -100,6 +99,24 @@ def main(args):
     for s in config["stages"]:
         values[s["name"]] = str(out / s["name"])
     only = set(args.only.split(",")) if args.only else None
+    # a second recipe (or a stage run by hand) on a folder that a live run is writing is refused, touching nothing
+    main_rank = is_main_rank()  # under accelerate launch the main process holds the folder for all
+    if main_rank:
+        claim_output(out)
+    try:
+        for s in config["stages"]:
+            holder = live_holder(out / s["name"]) if main_rank else None
+            if holder:
+                raise StageError(f"stage folder {out / s['name']} is being written by another live run ({holder}); "
+                                 "wait for it to end or stop it.")  # fmt: skip
+        return run_stages(config, out, values, only)
+    finally:
+        if main_rank:
+            release_output(out)
+
+
+def run_stages(config: dict, out: Path, values: dict, only: set | None) -> Path:
+    """Each stage of ``config`` in order into ``out/<name>``: complete ones skipped, interrupted ones resumed."""
     (out / "recipe.json").write_text(json.dumps({k: v for k, v in config.items() if k != "_path"}, indent=2))
     timings = {}
     timings_file = out / "recipe_timings.json"
