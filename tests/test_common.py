@@ -11,7 +11,8 @@ from training_helpers import ENV, ROOT, run
 
 from training.common import LOCK_FILE, StageError, claim_output, live_holder, prepare_output, release_output
 
-HOLD = "import sys, time; from training.common import claim_output; claim_output(sys.argv[1]); print('ready', flush=True); time.sleep(600)"  # noqa: E501
+HOLD = ("import sys, time; from training.common import claim_output; claim_output(sys.argv[1]); "
+        "print('ready', flush=True); time.sleep(600)")
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def test_a_live_run_refuses_a_second_one_naming_it_and_a_dead_one_blocks_nothing
     folder, proc = holder
     (folder / "teacher").mkdir()
     before = _listing(folder)
-    with pytest.raises(StageError, match=f"another live run is writing|another live run") as e:
+    with pytest.raises(StageError, match="another live run") as e:
         claim_output(folder)
     msg = str(e.value)
     assert f"pid {proc.pid} on host {socket.gethostname()}" in msg and "started 20" in msg and "-c" in msg

@@ -20,7 +20,9 @@ import re
 import time
 from pathlib import Path
 
-from .common import CHECKPOINT_DIR, DONE_FILE, StageError, claim_output, is_main_rank, live_holder, release_output, run_cli
+from .common import (
+    CHECKPOINT_DIR, DONE_FILE, StageError, claim_output, is_main_rank, live_holder, release_output, run_cli,
+)  # fmt: skip
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
