@@ -1,7 +1,10 @@
-"""Evaluate a pipeline over guidance scales and plot FID against text alignment (paper Fig. 4 at toy scale).
+"""Evaluate a pipeline over guidance scales and plot FID against text alignment (paper Fig. 4).
 
-The measurement itself is the toy world's (``training/toy/evaluation.py``: text alignment and FID judged by the
-probe, ``training/toy/metrics.py``); this module is its command line, the curve, and joining runs.
+In the toy world (the default, ``--data toy``) the measurement is the toy world's (``training/toy/evaluation.py``:
+text alignment and FID judged by the probe, ``training/toy/metrics.py``). On real captions (``--data coco:PATH`` or
+``--data folder:PATH``) it is the paper's: FID with Inception features and CLIP score, from local weights
+(``training/real_eval.py``; resumable, and split over processes under ``accelerate launch``). This module is the
+command line, the curve, and joining runs.
 
     python -m training.evaluate --model bundle/student --steps 8 --guidance 1.5,2.5,4,6,7.5 --num-images 2000 \\
         [--batch-size 64] [--seed 0] [--out runs/eval/student] [--overwrite]
@@ -9,7 +12,11 @@ probe, ``training/toy/metrics.py``); this module is its command line, the curve,
         --out runs/eval/teacher_vs_student.png
     python -m training.evaluate --merge runs/eval/student.json runs/eval/student_low.json --out runs/eval/all.json
 
-``--out`` is a folder (``results.json`` + ``curve.png``) or a ``.json`` path (the PNG is written beside it).
+    python -m training.evaluate --model runs/sd15/student --data coco:/data/coco2014 --num-images 30000 \\
+        --guidance 1.5,2.5,4,4.5,6,7.5 --inception-weights /models/inception --clip-model /models/clip --out DIR
+
+``--out`` is a folder (``results.json`` + ``curve.png``) or a ``.json`` path (the PNG is written beside it); a
+real-data run also caches its images under ``<folder>/images/``.
 """
 
 from __future__ import annotations
@@ -50,9 +57,14 @@ def parse_guidance(text: str) -> list[float]:
 # ---------------------------------------------------------------------------------------------- plotting
 
 
+X_LABELS = {"alignment": "text alignment (probe: fraction of prompted attributes present; dotted: chance)",
+            "clip_score": "CLIP score (dotted: real images with their captions)"}  # fmt: skip
+
+
 def plot_curves(results: list[dict], path: str, title: str | None = None) -> str:
-    """FID (y) vs text alignment (x), one curve per results dict (points labelled by guidance scale), each
-    model's true-vs-true floor dashed in the same color. ``results`` are dicts as written by this module."""
+    """FID (y) vs text alignment or CLIP score (x, the results' ``x_metric``), one curve per results dict (points
+    labelled by guidance scale), each model's true-vs-true floor (toy) dashed and its chance level (toy) or real
+    images' CLIP score dotted in the same color. ``results`` are dicts as written by this module."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,18 +80,24 @@ def plot_curves(results: list[dict], path: str, title: str | None = None) -> str
         label = res.get("label") or "{} ({} steps)".format(
             os.path.basename(os.path.normpath(str(res.get("model", f"model {i}")))), rows[0]["steps"]
         )
-        x = [r["alignment"] for r in rows]
+        x_metric = res.get("x_metric", "alignment")
+        x = [r[x_metric] for r in rows]
         y = [r["fid"] for r in rows]
         (line,) = ax.plot(x, y, "o-", label=label)
         for r in rows:
-            ax.annotate(f"{r['guidance']:g}", (r["alignment"], r["fid"]), textcoords="offset points", xytext=(4, 4),
+            ax.annotate(f"{r['guidance']:g}", (r[x_metric], r["fid"]), textcoords="offset points", xytext=(4, 4),
                         fontsize=7, color=line.get_color())  # fmt: skip
-        ax.axhline(res.get("floor_fid", rows[0]["floor_fid"]), ls="--", lw=0.8, color=line.get_color())
-        if "alignment_unrelated_renders" in res:  # chance level of the alignment score
-            ax.axvline(res["alignment_unrelated_renders"], ls=":", lw=0.8, color=line.get_color())
-    ax.set_xlabel("text alignment (probe: fraction of prompted attributes present; dotted: chance)")
-    ax.set_ylabel("FID on probe features (dashed: true-vs-true floor)")
-    ax.set_title(title or "Toy world: FID vs text alignment over guidance scales")
+        floor = res.get("floor_fid", rows[0].get("floor_fid"))
+        if floor is not None:
+            ax.axhline(floor, ls="--", lw=0.8, color=line.get_color())
+        for key in ("alignment_unrelated_renders", "real_clip_score"):  # chance level / real images' score
+            if key in res:
+                ax.axvline(res[key], ls=":", lw=0.8, color=line.get_color())
+    real = results[0].get("x_metric") == "clip_score"
+    ax.set_xlabel(X_LABELS[results[0].get("x_metric", "alignment")])
+    ax.set_ylabel("FID (Inception features)" if real else "FID on probe features (dashed: true-vs-true floor)")
+    ax.set_title(title or ("FID vs CLIP score over guidance scales" if real
+                           else "Toy world: FID vs text alignment over guidance scales"))  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -101,8 +119,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--num-images", type=int, default=DEFAULT_NUM_IMAGES, help="K: images per guidance for FID")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0, help="toy-world and noise seed")
+    p.add_argument("--seed", type=int, default=0, help="toy-world / caption-sampling and noise seed")
     p.add_argument("--probe", default=DEFAULT_PROBE, help="probe folder (default: bundle/probe)")
+    r = p.add_argument_group("real data (training/real_eval.py)")
+    r.add_argument("--data", default="toy", help="toy (default) | coco:PATH (COCO 2014 captions JSON + val2014/) | "
+                   "folder:PATH (images + .txt captions or metadata.jsonl)")  # fmt: skip
+    r.add_argument("--inception-weights", default=None, help="folder (or file) of torch-fidelity's Inception-v3 "
+                   "weights, weights-inception-2015-12-05-6726825d.pth")  # fmt: skip
+    r.add_argument("--clip-model", default=None, help="local transformers CLIP folder for the CLIP score")
+    r.add_argument("--fid-feature", type=int, default=2048, help="Inception feature size for FID: 64|192|768|2048")
+    r.add_argument("--resolution", type=int, default=None, help="generated (and real) image size (default: the "
+                   "model's native size)")  # fmt: skip
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: cuda if available)")
     p.add_argument("--label", default=None, help="curve label (default: '<model folder name> (<steps> steps)')")
     p.add_argument("--out", default=None, help="folder or .json path (default: runs/eval/<model name>)")
@@ -194,6 +221,18 @@ def _overlay(args) -> int:
     return 0
 
 
+def _evaluate_real(args, guidances, json_path: str, png_path: str) -> int:
+    from .real_eval import evaluate_real
+
+    if args.resolution is not None and args.resolution < 8:
+        fail(f"--resolution must be >= 8; got {args.resolution}.")
+    try:
+        res = evaluate_real(args, guidances, json_path)
+    except StageError as e:
+        fail(str(e))
+    return 0 if res is None else _write_results(res, json_path, png_path)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.overlay and args.merge:
@@ -223,6 +262,8 @@ def main(argv=None) -> int:
         fail(f"{existing[0]} exists; pass --overwrite to replace it.")
     if not os.path.isdir(args.model):
         fail(f"--model {args.model!r} is not a folder (expected a SnapFusionPipeline saved with save_pretrained).")
+    if args.data != "toy":
+        return _evaluate_real(args, guidances, json_path, png_path)
 
     # 2. probe and pipeline
     try:
