@@ -12,6 +12,11 @@ L_ori = ||v_hat - v||^2 on the data sample. Paper setting: p = 0.1, w in [2, 14]
 
 Teacher and student may differ in architecture and step count (32 -> 16, 16 -> 8).
 
+Guidance-embedded models (``time_cond_proj_dim``, made by ``training.guidance_distill``) run one pass with the
+guidance scale as an input instead of the CFG pair: a guidance-embedded student learns the guided target at every
+step (``--cfg-prob 1``), from a CFG teacher or from a guidance-embedded one (progressive distillation of the
+one-pass student, 8 -> 4 -> 2 -> 1 steps, Meng et al., CVPR 2023, stage two); its L_ori is taken at w = 1.
+
     python -m training.distill --teacher runs/teacher_v --student runs/evolved --teacher-steps 16 \
         --student-steps 8 --output runs/student
 """
@@ -19,13 +24,16 @@ Teacher and student may differ in architecture and step count (32 -> 16, 16 -> 8
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import torch
 
 from diffusers import DDIMScheduler
 from pipelines import EfficientUNet2DConditionModel, SnapFusionPipeline
+from pipelines.guidance import guidance_scale_embedding, is_guidance_embedded
 
-from .common import StageError, add_common_args, run_cli, validate_common_args
+from .common import DONE_FILE, StageError, add_common_args, run_cli, validate_common_args
 from .data import add_data_args, infinite, make_dataloader, make_dataset
 from .loop import TrainLoop, make_optimizer
 from .models import load_stage_pipeline
@@ -54,6 +62,15 @@ def parse_args(argv=None):
 # ---------------------------------------------------------------------- the math, kept testable
 
 
+def trailing_grid(scheduler_config, steps: int) -> list[int]:
+    """Descending DDIM timesteps of ``steps`` steps with 'trailing' spacing (the students' sampling grid)."""
+    if steps < 1:
+        raise StageError(f"step counts must be >= 1; got {steps}.")
+    sched = DDIMScheduler.from_config(scheduler_config, timestep_spacing="trailing")
+    sched.set_timesteps(steps)
+    return [int(t) for t in sched.timesteps]
+
+
 def step_grids(scheduler_config, teacher_steps: int, student_steps: int) -> tuple[list[int], list[int]]:
     """Descending DDIM timesteps ('trailing' spacing) of teacher and student; the student's must nest."""
     if student_steps < 1 or teacher_steps < 1:
@@ -61,11 +78,8 @@ def step_grids(scheduler_config, teacher_steps: int, student_steps: int) -> tupl
     if teacher_steps % student_steps or teacher_steps == student_steps:
         raise StageError(f"--student-steps {student_steps} must divide --teacher-steps {teacher_steps} and be "
                          "smaller (e.g. 16 -> 8, 32 -> 16).")  # fmt: skip
-    sched = DDIMScheduler.from_config(scheduler_config, timestep_spacing="trailing")
-    sched.set_timesteps(teacher_steps)
-    teacher = [int(t) for t in sched.timesteps]
-    sched.set_timesteps(student_steps)
-    student = [int(t) for t in sched.timesteps]
+    teacher = trailing_grid(scheduler_config, teacher_steps)
+    student = trailing_grid(scheduler_config, student_steps)
     r = teacher_steps // student_steps
     if teacher[::r] != student:
         raise StageError(f"student grid {student} is not every {r}-th teacher step of {teacher}.")
@@ -106,8 +120,23 @@ def distill_target(z_t, z_tpp, alpha_t, sigma_t, alpha_tpp, sigma_tpp):
     return (z_tpp - ratio * z_t) / (alpha_tpp - ratio * alpha_t)
 
 
+def check_teacher_grid(teacher_path: str, grid: list[int], flag: str = "--teacher-steps") -> None:
+    """A step-distilled teacher (its ``stage_complete.json`` records ``student_grid``) runs only on its own grid."""
+    done = Path(teacher_path) / DONE_FILE
+    trained = json.loads(done.read_text()).get("student_grid") if done.is_file() else None
+    if trained is not None and list(trained) != list(grid):
+        raise StageError(f"the teacher {teacher_path} was distilled for the {len(trained)}-step grid {trained}; "
+                         f"{flag} {len(grid)} asks it for {grid}, which it was not trained on. Use {flag} "
+                         f"{len(trained)}.")  # fmt: skip
+
+
 def guided(unet, z, t, cond, uncond, w, prediction_type, alpha, sigma):
-    """v~ = w v(c) - (w - 1) v(empty), or v(c) when w is None."""
+    """v~ = w v(c) - (w - 1) v(empty), or v(c) when w is None; one pass with w as an input for a
+    guidance-embedded UNet (w None: w = 1, the conditional model)."""
+    if is_guidance_embedded(unet):
+        scale = torch.ones(z.shape[0], device=z.device) if w is None else w.reshape(-1)
+        emb = guidance_scale_embedding(scale, unet.config.time_cond_proj_dim).to(device=z.device, dtype=z.dtype)
+        return to_v(unet(z, t, cond, timestep_cond=emb).sample, z, alpha, sigma, prediction_type)
     if w is None:
         return to_v(unet(z, t, cond).sample, z, alpha, sigma, prediction_type)
     out = unet(torch.cat([z, z]), torch.cat([t, t]), torch.cat([cond, uncond])).sample
@@ -138,7 +167,12 @@ def distillation_loss(s_unet, t_unet, x0, noise, cond, uncond, k, w, grid, r, al
     v_s = guided(s_unet, z_t, t, cond, uncond, w, "v_prediction", a_t, s_t)
     x0_s = a_t * z_t - s_t * v_s
     loss_dstl = (snr_weight_truncated(a_t, s_t) * (x0_s.float() - x_target.float()) ** 2).mean()
-    v_c = v_s if w is None else s_unet(z_t, t, cond).sample
+    if w is None:
+        v_c = v_s
+    elif is_guidance_embedded(s_unet):
+        v_c = guided(s_unet, z_t, t, cond, uncond, None, "v_prediction", a_t, s_t)  # the student at w = 1
+    else:
+        v_c = s_unet(z_t, t, cond).sample
     loss_ori = ((v_c.float() - (a_t * noise - s_t * x0).float()) ** 2).mean()  # L_ori against the true v
     return loss_dstl + gamma * loss_ori, loss_dstl, loss_ori
 
@@ -159,10 +193,21 @@ def main(args):
     teacher_pipe = load_stage_pipeline(args.teacher, "--teacher")
     student_pipe = load_stage_pipeline(args.student, "--student") if args.student else teacher_pipe
     teacher_grid, student_grid = step_grids(teacher_pipe.scheduler.config, args.teacher_steps, args.student_steps)
+    check_teacher_grid(args.teacher, teacher_grid)
     t_unet = teacher_pipe.unet
     s_unet = student_pipe.unet if args.student else type(t_unet).from_config(t_unet.config)
     if not args.student:
         s_unet.load_state_dict(t_unet.state_dict())
+    embedded = is_guidance_embedded(s_unet)
+    if is_guidance_embedded(t_unet) and not embedded:
+        raise StageError(f"the teacher {args.teacher} takes the guidance scale as an input but the student does "
+                         "not; give the student a guidance embedding first (training.guidance_distill).")  # fmt: skip
+    if embedded and args.cfg_prob != 1.0:
+        raise StageError(f"a guidance-embedded student learns the guided target at every step: use --cfg-prob 1 "
+                         f"(got {args.cfg_prob}).")  # fmt: skip
+    if embedded and not args.w_min <= args.default_guidance <= args.w_max:
+        raise StageError(f"--default-guidance {args.default_guidance} is outside the trained range [--w-min "
+                         f"{args.w_min}, --w-max {args.w_max}].")  # fmt: skip
     if s_unet.config.in_channels != t_unet.config.in_channels:
         raise StageError(
             f"student latent channels {s_unet.config.in_channels} != teacher's {t_unet.config.in_channels}."
@@ -236,6 +281,7 @@ def main(args):
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=s_unet, scheduler=scheduler,
         vae_decoder=student_pipe.vae_decoder, default_num_inference_steps=args.student_steps,
         default_guidance_scale=args.default_guidance,
+        guidance_scale_range=[args.w_min, args.w_max] if embedded else None,
     )  # fmt: skip
     return loop.save(pipe, {"final_loss": loop.loss, "student_grid": student_grid})
 
