@@ -97,3 +97,25 @@ def test_recipe_refuses_while_a_stage_of_it_is_written_by_another_run(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_stage_that_cannot_fit_says_how_much_it_needs_before_starting(tmp_path, monkeypatch):
+    import argparse
+
+    import torch
+
+    from training import common
+    from training.common import add_common_args
+    from training.loop import TrainLoop, make_optimizer
+
+    args = add_common_args(argparse.ArgumentParser()).parse_args(
+        ["--output", str(tmp_path / "out"), "--log-with", "none", "--ema-decay", "0.9"])  # fmt: skip
+    loop = TrainLoop(args, "big_stage")
+    model = torch.nn.Linear(1000, 1000)  # 1.001M parameters: 16 bytes each with AdamW and the EMA
+    monkeypatch.setattr(common, "available_memory_gb", lambda device: 0.01)
+    with pytest.raises(StageError, match=r"big_stage: training 1M parameters needs 0\.0 GB more .*EMA.* only 0\.0 GB"):
+        loop.prepare(model, make_optimizer(model.parameters(), args))
+    assert loop.optimizer is None  # refused before accelerate prepared anything
+    monkeypatch.setattr(common, "available_memory_gb", lambda device: 100.0)
+    assert common.check_training_memory("s", model.parameters(), "cpu", ema=True) == pytest.approx(0.016016)
+    assert common.available_memory_gb("cpu") > 0 and common.peak_memory_gb() > 0

@@ -11,7 +11,7 @@ from training_helpers import ROOT, run
 from training.common import StageError
 
 
-@pytest.mark.parametrize("preset", ["smoke", "mini"])
+@pytest.mark.parametrize("preset", ["smoke", "mini", "sd15", "sd15-proof"])
 def test_recipe_configs_parse_with_their_stage_modules(preset):
     import importlib
     from argparse import Namespace
@@ -19,7 +19,10 @@ def test_recipe_configs_parse_with_their_stage_modules(preset):
     from training.recipe import load_config, stage_argv
 
     config = load_config(Namespace(config=None, preset=preset))
-    values = {"output": "runs/x", **{s["name"]: f"runs/x/{s['name']}" for s in config["stages"]}}
+    values = {"output": "runs/x", **{s["name"]: f"runs/x/{s['name']}" for s in config["stages"]},
+              **{v: f"/given/{v}" for v in config.get("vars", {})}}  # fmt: skip
+    for s in config["stages"]:  # every note is about one of the stage's settings
+        assert set(s.get("notes", {})) <= set(s.get("args", {})) | {"scorer", "latency_table"}, s["name"]
     for s in config["stages"]:
         args = importlib.import_module(f"training.{s['module']}").parse_args(
             stage_argv(s, values) + ["--output", "runs/x/out"])  # fmt: skip
@@ -36,7 +39,7 @@ def test_recipe_smoke_end_to_end(tmp_path):
     out = tmp_path / "smoke"
     r = run("training.recipe", "--preset", "smoke", "--output", str(out), timeout=1200)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    for stage in ("teacher", "teacher_v", "robust", "evolved", "distilled", "student"):
+    for stage in ("teacher", "teacher_v", "robust", "evolved", "distilled", "student", "guided", "onepass"):
         assert (out / stage / "stage_complete.json").exists(), stage
     log = json.loads((out / "evolved" / "evolve_log.json").read_text())
     assert log["final_ms"] < log["start_ms"] and (out / "evolved" / "evolve_curve.png").exists()
@@ -47,9 +50,14 @@ def test_recipe_smoke_end_to_end(tmp_path):
     assert pipe.config.default_num_inference_steps == 2
     img = pipe("a big red circle", generator=torch.Generator().manual_seed(0), output_type="np").images
     assert img.shape == (1, 64, 64, 3) and np.isfinite(img).all()
+    onepass = load_pipeline(str(out / "onepass"))  # the one-pass student: guidance as input, 1 step
+    assert onepass.guidance_embedded and onepass.vae_decoder is not None
+    assert onepass.config.default_num_inference_steps == 1 and onepass.config.guidance_scale_range == [1.0, 6.0]
+    img = onepass("a big red circle", generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert img.shape == (1, 64, 64, 3) and np.isfinite(img).all()
     # running the recipe again skips every completed stage
     r = run("training.recipe", "--preset", "smoke", "--output", str(out), timeout=600)
-    assert r.returncode == 0 and r.stdout.count("complete, skipping") == 7
+    assert r.returncode == 0 and r.stdout.count("complete, skipping") == 9
     shutil.rmtree(out)
 
 
@@ -64,3 +72,31 @@ def test_recipe_config_modules_must_be_stages(tmp_path):
     bad.write_text(json.dumps({"stages": [{"name": "a", "module": "write_prompts"}]}))
     with pytest.raises(StageError, match="a .module. of training/"):
         load_config(Namespace(config=str(bad), preset=None))
+
+
+@pytest.mark.parametrize("preset, unet_params", [("sd15", 859.52), ("snapfusion", 767.52)])
+def test_full_size_presets_have_sd15_shapes(preset, unet_params):
+    """The proof's stand-ins, built on the meta device (no memory): SD-v1.5's text encoder, VAE and UNet shapes."""
+    from training.models import build_from_scratch
+    from training.toy.world import VOCABULARY
+
+    with torch.device("meta"):
+        c = build_from_scratch(preset, 512, VOCABULARY, "epsilon")
+    te, unet, vae = c["text_encoder"], c["unet"], c["vae"]
+    assert te.config.hidden_size == 768 and te.config.num_hidden_layers == 12 and te.config.vocab_size == 49408
+    assert c["tokenizer"].model_max_length == 77 and te.config.max_position_embeddings == 77
+    assert unet.config.cross_attention_dim == 768 and unet.config.sample_size == 64
+    assert sum(p.numel() for p in unet.parameters()) / 1e6 == pytest.approx(unet_params, abs=0.01)
+    assert sum(p.numel() for p in te.parameters()) / 1e6 == pytest.approx(123.06, abs=0.01)
+    assert sum(p.numel() for p in vae.parameters()) / 1e6 == pytest.approx(83.65, abs=0.01)
+
+
+def test_a_config_names_the_vars_it_needs(tmp_path):
+    from argparse import Namespace
+
+    from training.recipe import main
+
+    args = Namespace(config=None, preset="sd15", output=str(tmp_path / "o"), var=["data=folder:/x"], only=None)
+    with pytest.raises(StageError, match=r"needs --var clip=\.\.\. \(a local transformers CLIP folder"):
+        main(args)
+    assert not (tmp_path / "o").exists()

@@ -188,6 +188,60 @@ def mark_complete(out: Path, info: dict) -> None:
     release_output(out)
 
 
+# Memory: what a stage holds and what the machine has left, to refuse a stage that cannot fit before it starts.
+
+
+def available_memory_gb(device) -> float:
+    """Memory free for this process on ``device``: CUDA's free memory, else the host's MemAvailable."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return torch.cuda.mem_get_info(device)[0] / 1e9
+    with open("/proc/meminfo") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return int(fields["MemAvailable"].split()[0]) * 1024 / 1e9
+
+
+def reset_peak_memory(device=None) -> None:
+    """Start a new peak-memory window (the process's peak RSS on Linux; CUDA's peak allocation)."""
+    import torch
+
+    if device is not None and getattr(device, "type", str(device)) == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM, the peak resident set size
+    except OSError:
+        pass
+
+
+def peak_memory_gb(device=None) -> float:
+    """Peak memory since ``reset_peak_memory``: CUDA's max allocated on a GPU, else the process's peak RSS."""
+    import torch
+
+    if device is not None and getattr(device, "type", str(device)) == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e9
+    return float("nan")
+
+
+def check_training_memory(stage: str, params, device, ema: bool) -> float:
+    """The memory that training ``params`` adds (fp32 gradients and AdamW moments, + an EMA copy), in GB; a
+    ``StageError`` saying how much is needed, before anything is allocated, when the device has less free."""
+    n = sum(p.numel() for p in params if p.requires_grad)
+    need = n * (4 + 8 + (4 if ema else 0)) / 1e9
+    free = available_memory_gb(device)
+    if need > free:
+        raise StageError(f"{stage}: training {n / 1e6:.0f}M parameters needs {need:.1f} GB more (fp32 gradients "
+                         f"{4 * n / 1e9:.1f} GB + AdamW state {8 * n / 1e9:.1f} GB" + (" + EMA" if ema else "")
+                         + f"), on top of the weights already loaded and the activations, but only {free:.1f} GB "
+                         f"are free on {device}; use a machine with more memory.")  # fmt: skip
+    return need
+
+
 # Live-run lock: a run holds an exclusive flock on <output>/run.lock (its pid, host, start time and command inside)
 # while it writes the folder. The kernel drops the lock when the process dies, so a crashed run's file blocks
 # nothing; the next run takes it over. A run started on a folder that a live run holds, or inside one (a stage in a

@@ -25,13 +25,14 @@ import json
 import math
 import random
 import shutil
+import time
 from pathlib import Path
 
 import torch
 
 from .common import (
-    CHECKPOINT_DIR, StageError, make_accelerator, mark_complete, prepare_output, restore_clock, reuse_substage_time,
-    save_clock, save_config, stage_seconds,
+    CHECKPOINT_DIR, StageError, check_training_memory, make_accelerator, mark_complete, peak_memory_gb,
+    prepare_output, reset_peak_memory, restore_clock, reuse_substage_time, save_clock, save_config, stage_seconds,
 )  # fmt: skip
 
 
@@ -212,6 +213,8 @@ class TrainLoop:
         self.model = self.optimizer = self.lr_scheduler = self.ema = self.params = None
         self.step = self.start = 0
         self.loss = None  # the last step's loss (float)
+        self.step_seconds: list[float] = []  # wall time of each optimizer step of this run
+        reset_peak_memory(self.device)
 
     def prepare(self, model, optimizer, loader=None, *extra_models):
         """accelerate ``prepare`` of the trained ``model``, ``extra_models`` trained with it, ``optimizer`` (with an
@@ -219,6 +222,9 @@ class TrainLoop:
         prepared ``model``, ``loader`` (None without one) and ``extra_models``; ``self.start`` is the first step.
         Draw a stage's own random numbers from ``self.random`` / ``self.generator`` (restored on resume)."""
         args, accelerator = self.args, self.accelerator
+        # before anything is allocated: a stage that cannot fit says how much it needs (not an OOM later)
+        check_training_memory(self.stage, [p for m in (model, *extra_models) for p in m.parameters()], self.device,
+                              args.ema_decay > 0)  # fmt: skip
         self.lr_scheduler = make_lr_scheduler(optimizer, args)
         dataset = getattr(loader, "dataset", None)
         objects = [model, *extra_models, optimizer] + ([loader] if loader is not None else []) + [self.lr_scheduler]
@@ -244,6 +250,7 @@ class TrainLoop:
         args, accelerator, model, params = self.args, self.accelerator, self.model, self.params
         bar = progress(accelerator, args.max_steps, self.start, self.stage)
         resumed = self.start > 0
+        t_step = time.perf_counter()
         while self.step < args.max_steps:
             if resumed:  # the first fetch makes a new loader iterator, which draws its seed from the CPU RNG: keep
                 with torch.random.fork_rng(devices=[]):  # the RNG as the checkpoint restored it
@@ -265,6 +272,9 @@ class TrainLoop:
                 self.step += 1
                 if self.ema is not None:
                     self.ema.step(accelerator.unwrap_model(model).parameters())
+                now = time.perf_counter()
+                self.step_seconds.append(now - t_step)
+                t_step = now
                 bar.update()
                 bar.set_postfix(loss=f"{self.loss:.5f}")
                 logs = {f"{self.stage}/{k}": v for k, v in logs.items()}
@@ -284,11 +294,20 @@ class TrainLoop:
             self.ema.copy_to(model.parameters())
         return model
 
+    def resources(self) -> dict:
+        """Seconds per optimizer step (median of this run's steps after the first, which warms up) and the peak
+        memory since the stage started (GB: the process's peak RSS on a CPU, the peak allocation on a GPU)."""
+        steps = sorted(self.step_seconds[1:] or self.step_seconds)
+        info = {"peak_memory_gb": round(peak_memory_gb(self.device), 2), "device": str(self.device)}
+        if steps:
+            info["seconds_per_step"] = round(steps[len(steps) // 2], 3)
+        return info
+
     def save(self, pipeline, info: dict) -> Path:
         """The main process saves ``pipeline`` with ``save_pretrained`` and writes ``stage_complete.json``
         ({stage, steps, **info, seconds}); then the trackers are closed."""
         if self.accelerator.is_main_process:
             pipeline.save_pretrained(self.out)
-            mark_complete(self.out, {"stage": self.stage, "steps": self.step, **info})
+            mark_complete(self.out, {"stage": self.stage, "steps": self.step, **self.resources(), **info})
         self.accelerator.end_training()
         return self.out

@@ -59,7 +59,7 @@ def inception_weights(path: str | None) -> str:
 
 
 def clip_folder(path: str | None) -> str:
-    """``--clip-model``: a local transformers CLIP folder (config.json, weights, tokenizer); one-line error otherwise."""
+    """``--clip-model``: a local transformers CLIP folder (config.json, weights, tokenizer); else a one-line error."""
     expected = "a local transformers CLIP folder (config.json, model weights, tokenizer and preprocessor files)"
     if not path:
         raise StageError(f"CLIP score needs a local CLIP model: pass --clip-model, {expected}.")

@@ -7,8 +7,14 @@ the output folder of stage "name", "{output}" for --output and "{var}" for a val
 
     python -m training.recipe --preset smoke --output runs/smoke        # every stage, tiny, < 3 min on CPU
     python -m training.recipe --preset mini --output runs/mini          # the shipped bundle
-    python -m training.recipe --config training/configs/sd15.json --output runs/sd15 \
-        --var sd15=/models/stable-diffusion-v1-5 --var data=wds:/data/laion/{00000..09999}.tar
+    python -m training.recipe --preset sd15-proof --output runs/sd15-proof  # every stage at SD-v1.5 size, on CPU
+    python -m training.recipe --preset sd15 --output runs/sd15 --var sd15=/models/stable-diffusion-v1-5 \
+        --var data=wds:/data/laion/{00000..09999}.tar --var clip=/models/clip --var coco_prompts=coco2k.txt \
+        --var prompts=prompts.txt --var latency_table=iphone14pro.json
+
+A config's "vars" describe the --var values it needs; a stage's "notes" say where each setting comes from.
+Writes recipe_timings.json (each stage's kept seconds) and recipe_resources.json (each stage's wall time, peak
+memory, seconds per optimizer step and device).
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ import time
 from pathlib import Path
 
 from .common import (
-    CHECKPOINT_DIR, DONE_FILE, StageError, claim_output, is_main_rank, live_holder, release_output, run_cli,
+    CHECKPOINT_DIR, DONE_FILE, StageError, claim_output, is_main_rank, live_holder, peak_memory_gb, release_output,
+    reset_peak_memory, run_cli,
 )  # fmt: skip
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -30,7 +37,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--preset", help=f"a config in {CONFIG_DIR}: smoke | mini | sd15")
+    src.add_argument("--preset", help=f"a config in {CONFIG_DIR}: smoke | mini | sd15 | sd15-proof")
     src.add_argument("--config", help="path to a recipe JSON")
     parser.add_argument("--output", required=True)
     parser.add_argument("--var", action="append", default=[], help="name=value for {name} in the config")
@@ -101,6 +108,12 @@ def main(args):
     for s in config["stages"]:
         values[s["name"]] = str(out / s["name"])
     only = set(args.only.split(",")) if args.only else None
+    missing = sorted({m for s in config["stages"] for v in s.get("args", {}).values() if isinstance(v, str)
+                      for m in re.findall(r"\{(\w+)\}", v)} - set(values))  # fmt: skip
+    if missing:
+        described = config.get("vars", {})
+        raise StageError(f"{config['_path']} needs " + "; ".join(
+            f"--var {m}=..." + (f" ({described[m]})" if m in described else "") for m in missing) + ".")  # fmt: skip
     # a second recipe (or a stage run by hand) on a folder that a live run is writing is refused, touching nothing
     main_rank = is_main_rank()  # under accelerate launch the main process holds the folder for all
     if main_rank:
@@ -124,6 +137,8 @@ def run_stages(config: dict, out: Path, values: dict, only: set | None) -> Path:
     timings_file = out / "recipe_timings.json"
     if timings_file.exists():
         timings = json.loads(timings_file.read_text())
+    resources_file = out / "recipe_resources.json"  # per stage: peak memory, seconds per step, device
+    resources = json.loads(resources_file.read_text()) if resources_file.exists() else {}
     for s in config["stages"]:
         folder = out / s["name"]
         if (folder / DONE_FILE).exists():
@@ -139,11 +154,15 @@ def run_stages(config: dict, out: Path, values: dict, only: set | None) -> Path:
         print(f"[recipe] {s['name']}: python -m training.{s['module']} {' '.join(argv)}", flush=True)
         t0 = time.time()
         module = importlib.import_module(f"training.{s['module']}")
+        reset_peak_memory()
         module.main(module.parse_args(argv))
         # the stage's own clock (its kept time across resumes) when it has one, else this process's wall time
         done = json.loads((folder / DONE_FILE).read_text()) if (folder / DONE_FILE).exists() else {}
         timings[s["name"]] = done.get("seconds", time.time() - t0)
         timings_file.write_text(json.dumps(timings, indent=2))
+        resources[s["name"]] = {"seconds": round(time.time() - t0, 1), "peak_rss_gb": round(peak_memory_gb(), 2),
+                                **{k: done[k] for k in ("steps", "seconds_per_step", "device") if k in done}}
+        resources_file.write_text(json.dumps(resources, indent=2))
         print(f"[recipe] {s['name']}: done in {timings[s['name']]:.0f} s", flush=True)
     print(f"[recipe] all stages complete in {out} (stage seconds: {timings})")
     return out
