@@ -47,7 +47,10 @@ def add_guidance_embedding(unet, time_cond_proj_dim: int = 256):
                          f"{unet.config.time_cond_proj_dim}).")  # fmt: skip
     if time_cond_proj_dim < 2:
         raise ValueError(f"time_cond_proj_dim must be >= 2; got {time_cond_proj_dim}.")
-    new = type(unet).from_config({**unet.config, "time_cond_proj_dim": int(time_cond_proj_dim)})
+    # without diffusers' "_use_default_values" (a loaded config lists time_cond_proj_dim there and from_config
+    # would then drop the value given here)
+    config = {k: v for k, v in unet.config.items() if k != "_use_default_values"}
+    new = type(unet).from_config({**config, "time_cond_proj_dim": int(time_cond_proj_dim)})
     missing, unexpected = new.load_state_dict(unet.state_dict(), strict=False)
     if unexpected or set(missing) != {"time_embedding.cond_proj.weight"}:
         raise RuntimeError(f"unexpected weights adding the guidance embedding: missing {missing}, extra {unexpected}")

@@ -80,6 +80,13 @@ def test_added_embedding_starts_as_the_original_unet(kind):
         add_guidance_embedding(new, 8)
 
 
+def test_embedding_is_added_to_a_unet_loaded_from_a_folder(tmp_path):
+    # a loaded config lists time_cond_proj_dim among diffusers' "_use_default_values"
+    tiny_efficient_unet(0).save_pretrained(tmp_path)
+    loaded = EfficientUNet2DConditionModel.from_pretrained(tmp_path)
+    assert add_guidance_embedding(loaded, 8).config.time_cond_proj_dim == 8
+
+
 def _count_unet_calls(pipe):
     batches = []
     forward = pipe.unet.forward
