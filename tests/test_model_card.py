@@ -71,3 +71,23 @@ def test_model_card_quotes_stages_missing_from_the_recipe():
     stages = card_stage_lines(card)
     assert list(stages) == ["teacher", "student"]
     assert stages["teacher"][1].startswith("  - text encoder") and len(stages["student"]) == 1
+
+
+def test_model_card_of_the_one_pass_student_measures_its_speed_up(tmp_path):
+    from pipelines.tiny import tiny_pipeline
+    from training.model_card import main, parse_args, passes
+
+    onepass = tiny_pipeline(0, compressed_decoder=True, time_cond_proj_dim=8)
+    onepass.register_to_config(guidance_scale_range=[1.0, 8.0], default_num_inference_steps=2,
+                               default_guidance_scale=2.5)  # fmt: skip
+    teacher = tiny_pipeline(0)
+    teacher.register_to_config(default_num_inference_steps=4)
+    onepass.save_pretrained(tmp_path / "onepass")
+    teacher.save_pretrained(tmp_path / "teacher")
+    assert passes(onepass) == 1 and passes(teacher) == 2
+    main(parse_args(["--model", str(tmp_path / "onepass"), "--role", "onepass", "--teacher", str(tmp_path / "teacher"),
+                     "--repeats", "1"]))  # fmt: skip
+    card = (tmp_path / "onepass" / "README.md").read_text()
+    assert "one-pass student" in card and "trained for guidance in [1, 8]" in card
+    assert "one UNet pass per step, batch 1" in card and "CFG batch 2" not in card
+    assert "(2 UNet evaluations per image against 8)" in card and "x faster** end to end" in card

@@ -30,4 +30,4 @@ def test_ship_bundle_one_model(tmp_path):
     r = run("training.ship_bundle", "--recipe", str(recipe), "--out", str(out), "--models", "student")
     assert r.returncode == 2 and "exists; pass --overwrite" in r.stderr
     r = run("training.ship_bundle", "--recipe", str(recipe), "--out", str(out), "--models", "decoder")
-    assert r.returncode == 2 and "--models must name teacher and/or student" in r.stderr
+    assert r.returncode == 2 and "--models must name some of teacher, student, onepass" in r.stderr

@@ -31,14 +31,15 @@ from .models import load_stage_pipeline
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True)
-    p.add_argument("--role", choices=["teacher", "student"], required=True)
+    p.add_argument("--role", choices=["teacher", "student", "onepass"], required=True,
+                   help="teacher, the SnapFusion student, or the one-pass (guidance-embedded) student")  # fmt: skip
     p.add_argument("--eval", default=None, help="evaluation JSON written by training.evaluate")
     p.add_argument("--recipe", default=None, help="the recipe output folder that trained this model")
     p.add_argument("--stages", default="", help="comma-separated stage folders (in --recipe) that made it")
     p.add_argument("--command", default="python -m training.recipe --preset mini --output runs/mini")
     p.add_argument("--repeats", type=int, default=3, help="timed generations for seconds per image")
-    p.add_argument("--teacher", default=None, help="student role: the teacher folder, to measure the compressed "
-                   "decoder against its full decoder on fresh latents")  # fmt: skip
+    p.add_argument("--teacher", default=None, help="student roles: the teacher folder, to measure the compressed "
+                   "decoder against its full decoder on fresh latents and the end-to-end speed-up in the same run")  # fmt: skip
     p.add_argument("--teacher-eval", default=None, help="student role: the teacher's evaluation JSON (same K and "
                    "seed), to write the student's quality targets against the teacher's best FID and alignment")  # fmt: skip
     p.add_argument("--quote-missing", action="store_true", help="for a --stages entry whose folder is not in "
@@ -64,7 +65,8 @@ def card_stage_lines(card: str) -> dict[str, list[str]]:
 
 
 def seconds_per_image(pipe, repeats: int) -> dict:
-    """Median wall time of one 1-image generation at the model's default steps and guidance (with CFG)."""
+    """Median wall time of one 1-image generation at the model's default steps and guidance (with CFG, or one
+    pass per step for a guidance-embedded model)."""
     times, last = [], None
     prompt = "a big red circle in the center on a gray background"
     for i in range(repeats + 1):  # first run is a warm-up
@@ -116,6 +118,11 @@ def decoder_report(student, teacher, num_latents: int = 64, steps: int = 20, gui
             "full_plain_ms": ms["full_plain"], "speedup_vs_plain": ms["full_plain"] / ms["compressed"],
             "params_full": count_decoder_params(full), "params_compressed": count_decoder_params(small),
             "repeats": repeats}  # fmt: skip
+
+
+def passes(pipe) -> int:
+    """UNet passes per step at the pipeline's recommended guidance: 2 with classifier-free guidance, else 1."""
+    return 1 if pipe.guidance_embedded or pipe.config.default_guidance_scale <= 1 else 2
 
 
 def quality_targets(student_eval: dict, teacher_eval: dict, fid_ratio: float = 1.1, alignment_gap: float = 0.02):
@@ -173,8 +180,8 @@ def main(args):
         raise StageError(f"{out} exists; pass --overwrite to replace it.")
     ev = json.loads(Path(args.eval).read_text()) if args.eval else None
     if args.teacher_eval:  # checked before the timed runs
-        if args.role != "student" or not args.eval:
-            raise StageError("--teacher-eval needs --role student and the student's --eval.")
+        if args.role == "teacher" or not args.eval:
+            raise StageError("--teacher-eval needs a student --role and the student's --eval.")
         teacher_ev = json.loads(Path(args.teacher_eval).read_text())
         try:
             target_rows = quality_targets(ev, teacher_ev)
@@ -201,10 +208,17 @@ def main(args):
          "(64x64 coloured shapes)." if args.role == "teacher" else
          "The **SnapFusion student** of the mini teacher: evolved efficient UNet (latency-driven architecture "
          "search on this CPU), v-prediction, step-distilled with the CFG-aware loss, "
-         f"{decoder_phrase(pipe)} trained by data distillation."),
+         f"{decoder_phrase(pipe)} trained by data distillation." if args.role == "student" else
+         "The **one-pass student** of the mini teacher: the SnapFusion student given the guidance scale as a UNet "
+         "input (guidance distillation, Meng et al., CVPR 2023; diffusers' `time_cond_proj_dim` embedding, "
+         f"{pipe.unet.config.time_cond_proj_dim} features) and step-distilled to {steps} single-pass steps: one "
+         "UNet pass per step, no classifier-free-guidance batch, so a negative prompt has no effect; "
+         f"{decoder_phrase(pipe)} (the SnapFusion student's)."),
         "",
         f"- Sampling: {pipe.scheduler.__class__.__name__} ({pipe.scheduler.config.prediction_type}, "
-        f"'{pipe.scheduler.config.timestep_spacing}' spacing), recommended {steps} steps at guidance {guidance}.",
+        f"'{pipe.scheduler.config.timestep_spacing}' spacing), recommended {steps} steps at guidance {guidance}"
+        + (f" (trained for guidance in [{pipe.config.guidance_scale_range[0]:g}, "
+           f"{pipe.config.guidance_scale_range[1]:g}]; others are refused)." if pipe.guidance_embedded else "."),
         f"- Image size: {size}x{size}.",
         "",
         "## Architecture (paper Table 3 grouping)",
@@ -220,12 +234,25 @@ def main(args):
         "## Speed (measured)",
         "",
         f"{timing['seconds']:.3f} s per image (median of {timing['repeats']} after a warm-up; 1 image, {steps} steps, "
-        f"CFG batch 2), on {host_description()}. Breakdown of the last run (ms): "
+        + ("one UNet pass per step, batch 1" if pipe.guidance_embedded else "CFG batch 2")
+        + f"), on {host_description()}. Breakdown of the last run (ms): "
         + ", ".join(f"{k} {v}" for k, v in timing["timings_ms"].items()) + ".",
         "",
     ]
-    if args.role == "student" and args.teacher:
-        d = decoder_report(pipe, load_stage_pipeline(args.teacher, "--teacher"))
+    if args.role != "teacher" and args.teacher:
+        teacher = load_stage_pipeline(args.teacher, "--teacher")
+        t_timing = seconds_per_image(teacher, args.repeats)  # same run, right after this model's
+        t_steps = teacher.config.default_num_inference_steps
+        lines += [
+            "## Speed-up against the teacher (measured, same run)",
+            "",
+            f"The teacher ({args.teacher}) at its recommended {t_steps} steps with CFG: {t_timing['seconds']:.3f} s "
+            f"per image, measured the same way right after this model: this model is "
+            f"**{t_timing['seconds'] / timing['seconds']:.1f}x faster** end to end "
+            f"({steps * passes(pipe)} UNet evaluations per image against {t_steps * passes(teacher)}).",
+            "",
+        ]
+        d = decoder_report(pipe, teacher)
         lines += [
             "## Compressed decoder (measured)",
             "",

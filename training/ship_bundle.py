@@ -1,9 +1,11 @@
-"""Copy a recipe's teacher and student into the shipped bundle folder as fp16 safetensors, plus sample grids.
+"""Copy a recipe's models into the shipped bundle folder as fp16 safetensors, plus sample grids.
 
     python -m training.ship_bundle --recipe runs/mini --out bundle [--student-guidance 4] [--overwrite]
     python -m training.ship_bundle --recipe runs/v3 --models student --out bundle --overwrite  # re-ship one model
+    python -m training.ship_bundle --recipe runs/v8 --models onepass --out bundle  # the one-pass student
 
-The grids use the same prompts and seeds for both models (``bundle/samples_<name>.png``).
+Models: the teacher, the SnapFusion student and the one-pass student (``MODELS``: bundle folder -> default recipe
+stage). The grids use the same prompts and seeds for every model (``bundle/samples_<name>.png``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import torch
 
 from .common import StageError, run_cli
 from .models import load_stage_pipeline
+
+MODELS = {"teacher": "teacher", "student": "student", "onepass": "onepass4"}  # bundle folder -> recipe stage
 
 GRID_PROMPTS = [  # toy-world captions (every attribute named, as in training)
     "a big red circle in the center on a gray background",
@@ -34,12 +38,12 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", required=True, help="recipe output folder (with teacher/ and student/)")
     p.add_argument("--out", default="bundle")
-    p.add_argument("--teacher-stage", default="teacher")
-    p.add_argument("--student-stage", default="student")
-    p.add_argument("--teacher-guidance", type=float, default=None, help="recommended CFG to record (from evaluate)")
-    p.add_argument("--student-guidance", type=float, default=None, help="recommended CFG to record (from evaluate)")
-    p.add_argument("--models", default="teacher,student", help="which models to ship (comma-separated); the "
-                   "others in --out are left as they are")  # fmt: skip
+    for name, stage in MODELS.items():
+        p.add_argument(f"--{name}-stage", default=stage, help=f"the recipe stage shipped as {name}/")
+        p.add_argument(f"--{name}-guidance", type=float, default=None,
+                       help="recommended guidance scale to record (from evaluate)")  # fmt: skip
+    p.add_argument("--models", default="teacher,student", help=f"which models to ship (comma-separated, of "
+                   f"{', '.join(MODELS)}); the others in --out are left as they are")  # fmt: skip
     p.add_argument("--seeds", type=int, default=2, help="grid rows (seeds 0..N-1)")
     p.add_argument("--overwrite", action="store_true")
     return p.parse_args(argv)
@@ -62,12 +66,10 @@ def sample_grid(pipe, prompts, seeds: int) -> PIL.Image.Image:
 def main(args):
     recipe, out = Path(args.recipe), Path(args.out)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    if not models or set(models) - {"teacher", "student"}:
-        raise StageError(f"--models must name teacher and/or student; got {args.models!r}.")
-    for name, stage, guidance in (("teacher", args.teacher_stage, args.teacher_guidance),
-                                  ("student", args.student_stage, args.student_guidance)):  # fmt: skip
-        if name not in models:
-            continue
+    if not models or set(models) - set(MODELS):
+        raise StageError(f"--models must name some of {', '.join(MODELS)}; got {args.models!r}.")
+    for name in models:
+        stage, guidance = getattr(args, f"{name}_stage"), getattr(args, f"{name}_guidance")
         src = recipe / stage
         if not (src / "stage_complete.json").exists():
             raise StageError(f"{src} is not a completed stage.")
