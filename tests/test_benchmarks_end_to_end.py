@@ -41,6 +41,7 @@ def test_compare_from_known_totals():
         "target": {"speedup_min": 10.0, "met": False},
     }
     assert end_to_end.compare(sd, dict(sf, total_ms=900.0))["target"]["met"] is True  # 10.0x: inclusive
+    assert end_to_end.compare(sd, dict(sf, total_ms=400.0), 25.0)["target"] == {"speedup_min": 25.0, "met": False}
 
 
 def test_a_cut_sd_loop_is_composed_and_says_so(tmp_path):
@@ -52,10 +53,16 @@ def test_a_cut_sd_loop_is_composed_and_says_so(tmp_path):
     assert (sd["steps"], sd["steps_run"], sd["total_kind"]) == (6, 2, "composed from measured components")
     assert [len(c["unet_ms_per_step"]) for c in sd["calls"]] == [2]
     assert data["pipelines"]["snapfusion"]["total_kind"] == "measured (full loop)"
+    one = data["pipelines"]["onepass"]  # one batch-1 pass per step, the guidance as an input
+    assert one["guidance_embedded"] is True and one["cfg"] is False and one["steps"] == 4
+    assert [len(c["unet_ms_per_step"]) for c in one["calls"]] == [4]
+    assert data["onepass"]["speedup"] == pytest.approx(sd["total_ms"] / one["total_ms"])
+    assert data["onepass"]["target"]["speedup_min"] == 25.0
     assert data["bundle"]["skipped"] is True and "not found (no trained bundle yet)" in data["bundle"]["reason"]
     md = (tmp_path / "benchmarks" / "end_to_end.md").read_text()
     assert "SD-v1.5's loop ran 2 of 6 steps: its total is **composed from measured components**" in md
     assert "Skipped:" in md
+    assert "no: one pass, guidance as input" in md and "**One pass per step, 4 steps:" in md
 
 
 def test_bad_arguments_exit_with_code_2(tmp_path, capsys):
