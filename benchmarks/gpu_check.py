@@ -73,8 +73,9 @@ def _unet(size: str, preset: str, resolution: int, cross_dim: int):
 
 def _time_steps(step_fn, params, steps: int, device, autocast) -> dict:
     """``steps`` AdamW steps of ``step_fn() -> loss`` (or forward-only calls when ``params`` is empty)."""
-    from training.common import peak_memory_gb, reset_peak_memory
+    from training.common import check_training_memory, peak_memory_gb, reset_peak_memory
 
+    check_training_memory("this stage", params, device, ema=False)  # says what it needs instead of an OOM
     opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01) if params else None
     reset_peak_memory(device)
     seconds = []
@@ -208,6 +209,7 @@ def main(argv=None) -> int:
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
     from pipelines.latency import host_description
+    from training.common import StageError
 
     result = {"format": "snapfusion-gpu-check/1", "host": host_description(), "device": str(device),
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -218,7 +220,9 @@ def main(argv=None) -> int:
         print(f"[gpu_check] {name} ...", flush=True)
         try:
             result["stages"][name] = run_stage(name, args, device, autocast)
-        except torch.OutOfMemoryError as e:  # record it and go on: the plan needs to know which stages do not fit
+        except StageError as e:  # would not fit: record what it needs and go on (the plan needs every stage)
+            result["stages"][name] = {"error": str(e)}
+        except torch.OutOfMemoryError as e:
             result["stages"][name] = {"error": f"out of memory: {str(e).splitlines()[0][:200]}"}
         if device.type == "cuda":
             torch.cuda.empty_cache()

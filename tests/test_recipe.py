@@ -27,9 +27,10 @@ def test_recipe_configs_parse_with_their_stage_modules(preset):
         args = importlib.import_module(f"training.{s['module']}").parse_args(
             stage_argv(s, values) + ["--output", "runs/x/out"])  # fmt: skip
         for key, value in s.get("args", {}).items():  # every config key is a flag of that stage
-            assert hasattr(args, key), (s["name"], key)
+            negated = key.startswith("no_") and not hasattr(args, key)  # --no-X of a BooleanOptionalAction
+            assert hasattr(args, key[3:] if negated else key), (s["name"], key)
             if value is True:
-                assert getattr(args, key) is True, (s["name"], key)
+                assert getattr(args, key[3:]) is False if negated else getattr(args, key) is True, (s["name"], key)
 
 
 @pytest.mark.slow
