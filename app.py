@@ -1,11 +1,13 @@
-"""SnapFusion demo app: a 50-step baseline (left) next to the SnapFusion 8-step student (right).
+"""SnapFusion demo app: a 50-step baseline (left) next to the SnapFusion 8-step student (right); the visitor may put
+the one-pass student (guidance as a UNet input, one pass per step) on the right instead when it is loaded.
 
     python app.py                                   # the mini bundle (bundle/teacher, bundle/student), offline, CPU
-    python app.py --teacher DIR_OR_HUB_ID --student DIR_OR_HUB_ID [--device cuda] [--dtype fp16]
+    python app.py --teacher DIR_OR_HUB_ID --student DIR_OR_HUB_ID [--onepass DIR_OR_HUB_ID | --no-onepass]
+                  [--device cuda] [--dtype fp16]
 
-Environment (Hugging Face Spaces): SNAPFUSION_TEACHER, SNAPFUSION_STUDENT, SNAPFUSION_DEVICE, SNAPFUSION_DTYPE,
-SNAPFUSION_NUM_THREADS, SNAPFUSION_NO_WARMUP=1 (same as the flags); GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are read
-by gradio's launch().
+Environment (Hugging Face Spaces): SNAPFUSION_TEACHER, SNAPFUSION_STUDENT, SNAPFUSION_ONEPASS,
+SNAPFUSION_NO_ONEPASS=1, SNAPFUSION_DEVICE, SNAPFUSION_DTYPE, SNAPFUSION_NUM_THREADS, SNAPFUSION_NO_WARMUP=1 (same as
+the flags); GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are read by gradio's launch().
 
 How `demo` exists: `python app.py` loads both models, builds the app and launches it; a model that cannot be loaded
 ends the start-up with one line on stderr and exit code 2. `import app` loads nothing: the module attribute `demo`
@@ -25,6 +27,7 @@ import gradio as gr
 from pipelines.devices import parse_dtype, pick_device, set_num_threads
 from pipelines.loading import ModelLoadError, load_pipeline
 from snapfusion_app import DEFAULT_STUDENT, DEFAULT_TEACHER
+from snapfusion_app.loading import default_onepass
 from snapfusion_app.ui import build_demo, launch_kwargs, model_display_name
 
 
@@ -35,6 +38,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="left side (baseline): local diffusers folder or Hub id (env SNAPFUSION_TEACHER)")
     parser.add_argument("--student", default=env("SNAPFUSION_STUDENT", DEFAULT_STUDENT),
                         help="right side (SnapFusion student): local folder or Hub id (env SNAPFUSION_STUDENT)")
+    parser.add_argument("--onepass", default=env("SNAPFUSION_ONEPASS") or default_onepass(),
+                        help="the one-pass student (a guidance-embedded UNet), a visitor's other choice for the right "
+                             "side: local folder or Hub id (env SNAPFUSION_ONEPASS; default: bundle/onepass when it "
+                             "exists)")
+    parser.add_argument("--no-onepass", action="store_true", default=env("SNAPFUSION_NO_ONEPASS", "") == "1",
+                        help="run without the one-pass student (env SNAPFUSION_NO_ONEPASS=1)")
     parser.add_argument("--device", default=env("SNAPFUSION_DEVICE"),
                         help="cuda, mps or cpu (env SNAPFUSION_DEVICE; default: best available)")
     parser.add_argument("--dtype", default=env("SNAPFUSION_DTYPE"),
@@ -43,13 +52,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="CPU threads for torch (env SNAPFUSION_NUM_THREADS; default: the idle cores, at least 1)")
     parser.add_argument("--no-warmup", action="store_true", default=env("SNAPFUSION_NO_WARMUP", "") == "1",
                         help="skip the 1-step warm-up call of each model (env SNAPFUSION_NO_WARMUP=1)")
-    return parser.parse_args(argv)  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.no_onepass:
+        args.onepass = None
+    return args  # fmt: skip
 
 
 def create_demo(teacher: str, student: str, device: str | None = None, dtype: str | None = None,
-                warmup: bool = True) -> gr.Blocks:  # fmt: skip
-    """Load both sides and build the app. A bad device or dtype is a ``ValueError`` naming ``--device`` / ``--dtype``
-    (and the devices this machine has); a model that cannot be loaded a ``ModelLoadError`` naming its side."""
+                warmup: bool = True, onepass: str | None = None) -> gr.Blocks:  # fmt: skip
+    """Load the models and build the app (``onepass``: the one-pass student, optional). A bad device or dtype is a
+    ``ValueError`` naming ``--device`` / ``--dtype`` (and the devices this machine has); a model that cannot be
+    loaded a ``ModelLoadError`` naming its flag, as is a ``--onepass`` model whose UNet does not take the guidance
+    scale as an input."""
     try:
         pick_device(device)
     except ValueError as e:
@@ -60,14 +74,22 @@ def create_demo(teacher: str, student: str, device: str | None = None, dtype: st
         except ValueError as e:
             raise ValueError(f"--dtype: {e}") from None
     pipes = {}
-    for flag, model in (("--teacher", teacher), ("--student", student)):
+    for flag, model in (("--teacher", teacher), ("--student", student), ("--onepass", onepass)):
+        if model is None:
+            continue
         try:
             pipes[flag] = load_pipeline(model, device=device, dtype=dtype)
         except ModelLoadError as e:
-            raise ModelLoadError(f"{flag}: {e}") from None
+            hint = " (or start with --no-onepass)" if flag == "--onepass" else ""
+            raise ModelLoadError(f"{flag}: {e}{hint}") from None
+    if onepass is not None and not pipes["--onepass"].guidance_embedded:
+        raise ModelLoadError(f"--onepass: {onepass} is not a one-pass model: its UNet does not take the guidance "
+                             "scale as an input (no time_cond_proj_dim in unet/config.json).")  # fmt: skip
     return build_demo(
         pipes["--teacher"], pipes["--student"], teacher_name=model_display_name(teacher),
         student_name=model_display_name(student), teacher_source=teacher, student_source=student, warmup=warmup,
+        onepass=pipes.get("--onepass"), onepass_name=model_display_name(onepass) if onepass else "",
+        onepass_source=onepass or "",
     )  # fmt: skip
 
 
@@ -76,7 +98,8 @@ def __getattr__(name: str):
     if name == "demo":
         args = parse_args([])
         set_num_threads(args.threads)
-        demo = create_demo(args.teacher, args.student, args.device, args.dtype, warmup=not args.no_warmup)
+        demo = create_demo(args.teacher, args.student, args.device, args.dtype, warmup=not args.no_warmup,
+                           onepass=args.onepass)  # fmt: skip
         globals()["demo"] = demo
         return demo
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -91,9 +114,12 @@ def main(argv=None) -> int:
         return 2
     print(f"torch threads: {threads}", flush=True)
     print(f"loading left (teacher): {args.teacher}\nloading right (student): {args.student}", flush=True)
+    print(f"loading right, one-pass student: {args.onepass}" if args.onepass else
+          "one-pass student: none (bundle/onepass does not exist, or --no-onepass)", flush=True)  # fmt: skip
     try:
-        demo = create_demo(args.teacher, args.student, args.device, args.dtype, warmup=not args.no_warmup)
-    except ValueError as e:  # ModelLoadError (a bad --teacher / --student), or e.g. an unknown --dtype
+        demo = create_demo(args.teacher, args.student, args.device, args.dtype, warmup=not args.no_warmup,
+                           onepass=args.onepass)  # fmt: skip
+    except ValueError as e:  # ModelLoadError (a bad --teacher / --student / --onepass), or e.g. an unknown --dtype
         print(f"error: {e}", file=sys.stderr)
         return 2
     globals()["demo"] = demo  # gradio's reload mode reads `demo` from this module

@@ -24,12 +24,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate one image and print the timing breakdown")
     g.add_argument(
-        "--model", default=DEFAULT_STUDENT, help="local diffusers folder or Hub id (default: the bundle's student)"
-    )
+        "--model", default=DEFAULT_STUDENT,
+        help="local diffusers folder or Hub id (default: the bundle's student; bundle/onepass: the one-pass student)",
+    )  # fmt: skip
     g.add_argument("--prompt", required=True)
-    g.add_argument("--negative-prompt", default=None)
+    g.add_argument("--negative-prompt", default=None,
+                   help="not for a one-pass model (guidance as a UNet input: no unconditional branch)")  # fmt: skip
     g.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's recommended)")
-    g.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model's recommended)")
+    g.add_argument("--guidance", type=float, default=None,
+                   help="guidance scale: CFG, or the UNet's input for a one-pass model, within the range it was "
+                        "trained on (default: the model's recommended)")  # fmt: skip
     g.add_argument("--seed", type=int, default=0, help=f"random seed in [0, {MAX_SEED})")
     g.add_argument("--height", type=int, default=None)
     g.add_argument("--width", type=int, default=None)
@@ -106,6 +110,9 @@ def main(argv=None) -> int:
         pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
     except ModelLoadError as e:
         fail(f"--model: {e}")
+    if pipe.guidance_embedded and (args.negative_prompt or "").strip():
+        fail("--negative-prompt: this model takes the guidance scale as an input and runs one UNet pass per step, "
+             "with no unconditional branch: a negative prompt has no effect. Leave it out.")  # fmt: skip
     try:
         result = pipe(
             args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,

@@ -68,9 +68,11 @@ def check_int(value: Any, name: str, low: int, high: int) -> int:
     return number
 
 
-def check_float(value: Any, name: str, low: float, high: float) -> float:
+def check_float(value: Any, name: str, low: float, high: float, why: str = "") -> float:
+    """A number in [low, high]; ``why`` says where the range comes from, e.g. " (the range the one-pass student was
+    trained on)"."""
     if not (is_number(value) and low <= value <= high):
-        raise InputError(f"{name} must be a number in [{low:g}, {high:g}]; got {show(value)}.")
+        raise InputError(f"{name} must be a number in [{low:g}, {high:g}]{why}; got {show(value)}.")
     return float(value)
 
 

@@ -1,5 +1,6 @@
-"""The app's models: the bundle's teacher and student by default, or any folder / Hub id ``pipelines.loading``
-loads. Light: ``ModelLoadError`` and ``load_pipeline`` (torch, diffusers) are imported on first use."""
+"""The app's models: the bundle's teacher and student by default (and its one-pass student when ``bundle/onepass``
+exists), or any folder / Hub id ``pipelines.loading`` loads. Light: ``ModelLoadError`` and ``load_pipeline`` (torch,
+diffusers) are imported on first use."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLE_DIR = REPO_ROOT / "bundle"
 DEFAULT_TEACHER = str(BUNDLE_DIR / "teacher")
 DEFAULT_STUDENT = str(BUNDLE_DIR / "student")
+DEFAULT_ONEPASS = str(BUNDLE_DIR / "onepass")  # the one-pass student (guidance as a UNet input); optional
+
+
+def default_onepass() -> str | None:
+    """The bundle's one-pass student when its folder exists, else None (the app then runs without it)."""
+    return DEFAULT_ONEPASS if Path(DEFAULT_ONEPASS).is_dir() else None
 
 
 def __getattr__(name: str):
@@ -19,4 +26,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["BUNDLE_DIR", "DEFAULT_STUDENT", "DEFAULT_TEACHER", "ModelLoadError", "load_pipeline"]  # noqa: F822 (lazy)
+__all__ = ["BUNDLE_DIR", "DEFAULT_ONEPASS", "DEFAULT_STUDENT", "DEFAULT_TEACHER", "ModelLoadError",  # noqa: F822
+           "default_onepass", "load_pipeline"]  # fmt: skip  # noqa: F822 (lazy)

@@ -17,28 +17,56 @@ def side_name(key: str) -> str:
     return "left" if key == "left" else "right"
 
 
+def unet_passes(timings: dict) -> int:
+    """UNet evaluations per denoising step: 2 with classifier-free guidance (one batch of 2), else 1 (no CFG, or a
+    guidance-embedded UNet that takes the guidance scale as an input)."""
+    return 2 if timings.get("cfg") else 1
+
+
+def unet_evaluations(timings: dict) -> int:
+    """UNet evaluations per image: steps run x passes per step."""
+    return timings["steps_run"] * unet_passes(timings)
+
+
+def passes_text(timings: dict) -> str:
+    """How the UNet ran each step, in words."""
+    if timings.get("cfg"):
+        return "CFG: 2 passes per step, one batch of 2"
+    if timings.get("guidance_embedded"):
+        return "1 pass per step, guidance as input"
+    return "no CFG: 1 pass per step"
+
+
 def settings_text(timings: dict) -> str:
-    """The settings a run used, from its timings: "50 steps, CFG 7.5" or "4 steps, no CFG"."""
-    if not timings.get("cfg"):
-        cfg = "no CFG"
+    """The settings a run used, from its timings: "50 steps, CFG 7.5", "4 steps, guidance 4.5 as input" (a
+    guidance-embedded UNet) or "4 steps, no CFG"."""
+    guidance = f" {timings['guidance']:g}" if "guidance" in timings else ""
+    if timings.get("cfg"):
+        how = f"CFG{guidance}"
+    elif timings.get("guidance_embedded"):
+        how = f"guidance{guidance} as input"
     else:
-        cfg = f"CFG {timings['guidance']:g}" if "guidance" in timings else "CFG"
-    return f"{timings['steps_run']} steps, {cfg}"
+        how = "no CFG"
+    return f"{timings['steps_run']} steps, {how}"
 
 
 def readout_markdown(timings: dict, guidance: float, device_text: str, notes: list[str]) -> str:
-    """Measured timings of one run as a small table (``timings`` from ``SnapFusionPipeline``)."""
-    n = timings["steps_run"]
-    cfg = " (CFG: batch 2)" if timings.get("cfg") else " (no CFG)"
+    """Measured timings of one run as a small table (``timings`` from ``SnapFusionPipeline``), with the count of
+    UNet evaluations it made."""
+    n, passes = timings["steps_run"], unet_passes(timings)
     lines = [
         f"**{n} steps · guidance {guidance:g}** · {timings['total_ms']:,.0f} ms in total",
         "",
         "| part | measured |",
         "|---|---|",
         f"| text encoder | {timings['text_encoder_ms']:,.1f} ms |",
-        f"| UNet | {timings['unet_ms_mean']:,.1f} ms/step × {n} steps = {timings['unet_ms_total']:,.0f} ms{cfg} |",
+        f"| UNet | {timings['unet_ms_mean']:,.1f} ms/step × {n} steps = {timings['unet_ms_total']:,.0f} ms "
+        f"({passes_text(timings)}) |",
         f"| decoder | {timings['decoder_ms']:,.1f} ms |",
         f"| **total** | **{timings['total_ms']:,.0f} ms** |",
+        "",
+        f"UNet evaluations: {n} steps × {passes} {'passes' if passes > 1 else 'pass'} per step = **{n * passes}** "
+        "for this image (a count, not a measurement).",
         "",
         f"Measured on {html.escape(device_text)}, this run.",
     ]
@@ -87,7 +115,7 @@ def waiting_html(message: str = START_HINT) -> str:
 
 def speedup_head(left: dict, right: dict) -> str:
     """The banner's headline, naming what is compared: "Right side (8 steps, CFG 4.5) is 7.9× faster than the left
-    side (50 steps, CFG 7.5)"."""
+    side (50 steps, CFG 7.5)"; with the one-pass student "Right side (4 steps, guidance 4.5 as input) is ..."."""
     ratio = ratio_text(speedup_ratios(left, right)["total"])
     return f"Right side ({settings_text(right)}) is {ratio} than the left side ({settings_text(left)})"
 
@@ -99,7 +127,8 @@ def speedup_html(left: dict, right: dict, note: str = "") -> str:
     detail = (
         f"total {left['total_ms']:,.0f} ms → {right['total_ms']:,.0f} ms · "
         f"UNet part {ratio_text(r['unet'])} ({left['steps_run']} steps: {left['unet_ms_total']:,.0f} ms → "
-        f"{right['steps_run']} steps: {right['unet_ms_total']:,.0f} ms) · measured on {html.escape(right['device'])}"
+        f"{right['steps_run']} steps: {right['unet_ms_total']:,.0f} ms) · UNet evaluations per image "
+        f"{unet_evaluations(left)} → {unet_evaluations(right)} · measured on {html.escape(right['device'])}"
     )
     if note:
         detail += f"<br>{html.escape(note)}"

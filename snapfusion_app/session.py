@@ -1,9 +1,12 @@
 """The Compare tab's handlers: a visitor's runs, streamed from a worker thread, with per-session state (the run in
-progress, for Cancel; the last timings of each side, for the banner of a side run alone)."""
+progress, for Cancel; the last timings of each side, for the banner of a side run alone). The right side's model
+(the SnapFusion student, or the one-pass student when loaded) is an input of each call, never a server setting, so
+one visitor's choice does not change another's view."""
 
 from __future__ import annotations
 
 import collections
+import html
 import queue
 import secrets
 import threading
@@ -19,19 +22,19 @@ from pipelines.latency import host_description
 from . import readouts
 from .errors import Cancelled
 from .inputs import (
-    GUIDANCE_MAX,
-    GUIDANCE_MIN,
     MAX_SEED,
     STEPS_MIN,
+    InputError,
     check_bool,
     check_float,
     check_int,
     check_seed,
     check_text,
     dropped_text,
+    show,
     token_limit_note,
 )
-from .sides import Side
+from .sides import ONEPASS, RIGHT_ROLES, STUDENT, Side
 
 SESSIONS_KEPT = 1024  # per-session state is dropped least-recently-used first past this many sessions
 
@@ -49,15 +52,22 @@ class Run:
     finished: bool = False
 
 
+def image_label(side: Side) -> str:
+    return f"{side.label}: {side.name}"
+
+
 def session_of(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "anonymous"
 
 
 class CompareApp:
-    """The handlers behind the Compare tab and its API endpoints (/compare, /left, /right); holds both sides."""
+    """The handlers behind the Compare tab and its API endpoints (/compare, /left, /right); holds both sides and the
+    right side's other model (``onepass``, the one-pass student, when loaded)."""
 
-    def __init__(self, left: Side, right: Side, workdir: Path, lock: threading.RLock | None = None):
-        self.sides = {"left": left, "right": right}
+    def __init__(self, left: Side, right: Side, workdir: Path, lock: threading.RLock | None = None,
+                 onepass: Side | None = None):  # fmt: skip
+        self.sides = {"left": left, "right": right}  # the default view: the baseline vs the SnapFusion student
+        self.right_models = {STUDENT: right} | ({ONEPASS: onepass} if onepass is not None else {})
         self.workdir = workdir
         self.device_text = f"{left.pipe.device} ({host_description()})"
         # Gradio runs one event of the "models" group at a time; the lock also covers a cancelled event whose
@@ -67,10 +77,33 @@ class CompareApp:
         self._last: collections.OrderedDict[str, dict] = collections.OrderedDict()  # session -> last timings
 
     @property
+    def models(self) -> dict[str, Side]:
+        """Every loaded model: left, right (the SnapFusion student) and onepass when loaded (the Model tab's)."""
+        return dict(self.sides) | {k: s for k, s in self.right_models.items() if k != STUDENT}
+
+    @property
     def limit_note(self) -> str:
-        return token_limit_note({k: s.token_limit for k, s in self.sides.items()})
+        limits = {"left": self.sides["left"].token_limit} | {
+            ("right" if k == STUDENT else f"right, {s.role.lower()}"): s.token_limit for k, s in self.right_models.items()
+        }  # fmt: skip
+        return token_limit_note(limits)
+
+    def side(self, key: str, right_model=STUDENT) -> Side:
+        """The model that runs on side ``key``; for the right side, the visitor's choice (checked)."""
+        return self.sides["left"] if key == "left" else self.right_models[self.check_right_model(right_model)]
 
     # -- input checks
+
+    def check_right_model(self, value) -> str:
+        """The right side's model: "student" (the default, also for None) or "onepass" when it is loaded."""
+        if value is None:
+            return STUDENT
+        if isinstance(value, str) and value in self.right_models:
+            return value
+        if value == ONEPASS:
+            raise InputError(f"right model {ONEPASS!r} ({RIGHT_ROLES[ONEPASS].lower()}) is not loaded on this "
+                             f"server; choose {STUDENT!r}.")  # fmt: skip
+        raise InputError(f"right model must be one of {', '.join(self.right_models)}; got {show(value)}.")
 
     def check_common(self, prompt, negative_prompt, seed, randomize_seed) -> tuple[str, str, int]:
         prompt = check_text(prompt, "prompt", self.limit_note)
@@ -79,16 +112,49 @@ class CompareApp:
         seed = secrets.randbelow(MAX_SEED) if randomize else check_seed(seed)
         return prompt, negative_prompt, seed
 
-    def check_side(self, key: str, steps, guidance) -> tuple[int, float]:
-        return (check_int(steps, f"steps ({key})", STEPS_MIN, self.sides[key].max_steps),
-                check_float(guidance, f"guidance ({key})", GUIDANCE_MIN, GUIDANCE_MAX))  # fmt: skip
+    def check_side(self, key: str, steps, guidance, right_model=STUDENT) -> tuple[int, float]:
+        """Steps and guidance of one side, in the ranges of the model that runs there (a guidance-embedded model:
+        the guidance scales it was trained on)."""
+        side = self.side(key, right_model)
+        low, high = side.guidance_range
+        why = f" (the range the {side.role.lower()} was trained on)" if side.trained_guidance_range else ""
+        return (check_int(steps, f"steps ({key})", STEPS_MIN, side.max_steps),
+                check_float(guidance, f"guidance ({key})", low, high, why))  # fmt: skip
 
-    def header(self, key: str, steps, guidance) -> str:
+    @staticmethod
+    def check_negative(side: Side, negative_prompt: str) -> None:
+        """A negative prompt is refused for a guidance-embedded model (no unconditional branch: it has no effect)."""
+        if side.guidance_embedded and negative_prompt.strip():
+            raise InputError(
+                f"negative prompt: the {side.role.lower()} on the {side.key} takes the guidance scale as an input "
+                "and runs one UNet pass per step, with no unconditional branch, so a negative prompt has no effect on "
+                "it. Leave the negative prompt empty."
+            )
+
+    def header(self, key: str, steps, guidance, right_model=STUDENT) -> str:
         """A side's heading for the values in its sliders; a value out of range is a ``gr.Error`` naming the limits
         (raised by ``check_side``), not gradio's bare "Value 500 is greater than maximum value 50"."""
-        steps, guidance = self.check_side(key, steps, guidance)
-        side = self.sides[key]
+        steps, guidance = self.check_side(key, steps, guidance, right_model)
+        side = self.side(key, right_model)
         return readouts.side_header(side.arrow, side.label, side.name, steps, guidance)
+
+    def choose_right(self, right_model):
+        """The right side's controls for the visitor's choice of model: (header, steps slider, guidance slider,
+        image, readout, banner, negative prompt box). The right image is cleared (it came from the other model)."""
+        side = self.side("right", right_model)
+        low, high = side.guidance_range
+        negative_info = (f"Not used by the {side.role.lower()} (no unconditional pass): leave it empty."
+                         if side.guidance_embedded else "")  # fmt: skip
+        return (
+            readouts.side_header(side.arrow, side.label, side.name, side.default_steps, side.default_guidance),
+            gr.update(value=side.default_steps, maximum=side.max_steps),
+            gr.update(value=side.default_guidance, minimum=low, maximum=high, info=side.guidance_info),
+            gr.update(value=None, label=image_label(side)),
+            f"*{side.label}: latency readout appears here.*",
+            readouts.waiting_html(f"Right side: the {html.escape(side.role.lower())} <code>{html.escape(side.name)}"
+                                  "</code>. Press <b>Generate both</b> to see its speed-up."),  # fmt: skip
+            gr.update(info=negative_info),
+        )
 
     # -- per-session state
 
@@ -111,7 +177,8 @@ class CompareApp:
 
     # -- streaming one side
 
-    def _notes(self, side: Side, prompt: str, negative_prompt: str) -> list[str]:
+    @staticmethod
+    def _notes(side: Side, prompt: str, negative_prompt: str) -> list[str]:
         notes = []
         if not prompt.strip():
             notes.append("Empty prompt: this image is unconditional (no text to follow).")
@@ -121,11 +188,11 @@ class CompareApp:
                 notes.append(readouts.truncation_note(what, side.token_limit, *dropped))
         return notes
 
-    def _stream(self, key, prompt, negative_prompt, seed, steps, guidance, run: Run):
+    def _stream(self, side: Side, prompt, negative_prompt, seed, steps, guidance, run: Run):
         """Run one side in a worker thread. Yields ``("step", i, seconds so far)`` as steps finish (at most every
         0.2 s, and the last one), then ``("done", image, readout, timings)``. Closing the generator early (the
         visitor cancelled or left) stops the pipeline after its current step; so does ``run.cancel``."""
-        side = self.sides[key]
+        key = side.key
         cancel = run.cancel
         events: queue.Queue = queue.Queue()
         run.current, run.step = key, 0
@@ -176,21 +243,30 @@ class CompareApp:
             raise Cancelled()
         readout = readouts.readout_markdown(out.timings, guidance, self.device_text,
                                             self._notes(side, prompt, negative_prompt))  # fmt: skip
-        timings = dict(out.timings, guidance=guidance, seed=seed)
+        timings = dict(out.timings, guidance=guidance, seed=seed, model=side.name, role=side.role,
+                       unet_evaluations=readouts.unet_evaluations(out.timings))  # fmt: skip
         run.done[key] = timings
-        yield "done", out.images[0], readout, timings
+        image = out.images[0]
+        if key == "right":  # the label names the model that made the image (the choice may have changed meanwhile)
+            image = gr.update(value=image, label=image_label(side))
+        yield "done", image, readout, timings
 
     # -- handlers
 
     def compare(self, prompt, negative_prompt, seed, randomize_seed, left_steps, left_guidance, right_steps,
-                right_guidance, request: gr.Request = None, progress=gr.Progress()):  # fmt: skip
+                right_guidance, right_model=STUDENT, request: gr.Request = None,
+                progress=gr.Progress()):  # fmt: skip
         """Run the right side (fast), then the left side (baseline), with the same prompt and seed.
 
-        Streams (left image, left readout, right image, right readout, speed-up banner, seed used, timings JSON);
-        the readouts show live progress, the last update holds the results."""
+        ``right_model``: "student" (the SnapFusion student, default) or "onepass" (the one-pass student, when
+        loaded). Streams (left image, left readout, right image, right readout, speed-up banner, seed used, timings
+        JSON); the readouts show live progress, the last update holds the results."""
         prompt, negative_prompt, seed = self.check_common(prompt, negative_prompt, seed, randomize_seed)
+        left, right = self.side("left"), self.side("right", right_model)
         left_steps, left_guidance = self.check_side("left", left_steps, left_guidance)
-        right_steps, right_guidance = self.check_side("right", right_steps, right_guidance)
+        right_steps, right_guidance = self.check_side("right", right_steps, right_guidance, right_model)
+        for side in (left, right):
+            self.check_negative(side, negative_prompt)
         session, run = self._start(request, ("right", "left"), {"left": left_steps, "right": right_steps})
         skip = gr.skip()
         total = left_steps + right_steps
@@ -199,7 +275,7 @@ class CompareApp:
             progress((0, total), desc="Right side")
             running = readouts.running_markdown(0, right_steps, 0.0)
             yield None, "*Waiting: the right side runs first.*", None, running, banner, seed, skip
-            for ev in self._stream("right", prompt, negative_prompt, seed, right_steps, right_guidance, run):
+            for ev in self._stream(right, prompt, negative_prompt, seed, right_steps, right_guidance, run):
                 if ev[0] == "step":
                     progress((ev[1], total), desc=f"Right side: step {ev[1]}/{right_steps}")
                     yield skip, skip, skip, readouts.running_markdown(ev[1], right_steps, ev[2]), skip, skip, skip
@@ -209,7 +285,7 @@ class CompareApp:
                        "running...")  # fmt: skip
             yield skip, readouts.running_markdown(0, left_steps, 0.0), r_img, r_text, readouts.waiting_html(waiting), \
                 skip, {"seed": seed, "right": r_t}  # fmt: skip
-            for ev in self._stream("left", prompt, negative_prompt, seed, left_steps, left_guidance, run):
+            for ev in self._stream(left, prompt, negative_prompt, seed, left_steps, left_guidance, run):
                 if ev[0] == "step":
                     progress((right_steps + ev[1], total), desc=f"Left side: step {ev[1]}/{left_steps}")
                     yield skip, readouts.running_markdown(ev[1], left_steps, ev[2]), skip, skip, skip, skip, skip
@@ -228,17 +304,20 @@ class CompareApp:
         yield l_img, l_text, r_img, r_text, readouts.speedup_html(l_t, r_t), seed, data
 
     def run_one(self, key, prompt, negative_prompt, seed, randomize_seed, steps, guidance, request=None,
-                progress=None):  # fmt: skip
-        """One side alone. Streams (image, readout, speed-up banner, seed used, timings JSON); the banner compares
-        with this session's last run of the other side when it had the same prompt and seed."""
+                progress=None, right_model=STUDENT):  # fmt: skip
+        """One side alone (the right side: the model ``right_model`` names). Streams (image, readout, speed-up
+        banner, seed used, timings JSON); the banner compares with this session's last run of the other side when
+        it had the same prompt and seed."""
         prompt, negative_prompt, seed = self.check_common(prompt, negative_prompt, seed, randomize_seed)
-        steps, guidance = self.check_side(key, steps, guidance)
+        side = self.side(key, right_model)
+        steps, guidance = self.check_side(key, steps, guidance, right_model)
+        self.check_negative(side, negative_prompt)
         session, run = self._start(request, (key,), {key: steps})
         skip = gr.skip()
         progress = progress or (lambda *args, **kwargs: None)
         try:
             yield None, readouts.running_markdown(0, steps, 0.0), skip, seed, skip
-            for ev in self._stream(key, prompt, negative_prompt, seed, steps, guidance, run):
+            for ev in self._stream(side, prompt, negative_prompt, seed, steps, guidance, run):
                 if ev[0] == "step":
                     progress((ev[1], steps), desc=f"{key.capitalize()} side: step {ev[1]}/{steps}")
                     yield skip, readouts.running_markdown(ev[1], steps, ev[2]), skip, skip, skip

@@ -1,4 +1,6 @@
-"""The two sides of the comparison: a loaded pipeline each, what the UI calls it, its recommended settings."""
+"""The sides of the comparison: a loaded pipeline each, what the UI calls it, its recommended settings and the
+guidance it accepts. The right side has a choice of models (the SnapFusion student, and the one-pass student when
+it is loaded)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,12 @@ import torch
 from pipelines import EfficientUNet2DConditionModel, SnapFusionPipeline
 from pipelines.unet_efficient import sd_layout
 
-from .inputs import STEPS_MAX, token_limit
+from .inputs import GUIDANCE_MAX, GUIDANCE_MIN, STEPS_MAX, token_limit
+
+# The right side's models, by the value a visitor (or an API call) picks: the SnapFusion student (8 steps, CFG) by
+# default, the one-pass student (a guidance-embedded UNet: one pass per step, the guidance scale as its input).
+STUDENT, ONEPASS = "student", "onepass"
+RIGHT_ROLES = {STUDENT: "SnapFusion student", ONEPASS: "One-pass student"}
 
 
 @dataclass
@@ -19,7 +26,7 @@ class Side:
     """One side of the comparison: a loaded pipeline, what the UI calls it, its recommended settings."""
 
     key: str  # "left" | "right"
-    role: str  # "Baseline" | "SnapFusion student"
+    role: str  # "Baseline" | "SnapFusion student" | "One-pass student"
     name: str
     source: str
     pipe: SnapFusionPipeline
@@ -30,7 +37,33 @@ class Side:
 
     @property
     def default_guidance(self) -> float:
-        return float(self.pipe.config.default_guidance_scale)
+        """The model's recommended guidance scale (inside ``guidance_range``)."""
+        low, high = self.guidance_range
+        return min(max(float(self.pipe.config.default_guidance_scale), low), high)
+
+    @property
+    def guidance_embedded(self) -> bool:
+        """True for a UNet that takes the guidance scale as an input: one UNet pass per step, no CFG batch."""
+        return bool(self.pipe.guidance_embedded)
+
+    @property
+    def trained_guidance_range(self) -> tuple[float, float] | None:
+        """The guidance scales a guidance-embedded model was trained on (``guidance_scale_range`` in its config)."""
+        lo_hi = getattr(self.pipe.config, "guidance_scale_range", None) if self.guidance_embedded else None
+        return None if lo_hi is None else (float(lo_hi[0]), float(lo_hi[1]))
+
+    @property
+    def guidance_range(self) -> tuple[float, float]:
+        """The guidance scales the app accepts for this side: the trained range, else [1, 20]."""
+        return self.trained_guidance_range or (GUIDANCE_MIN, GUIDANCE_MAX)
+
+    @property
+    def guidance_info(self) -> str:
+        """What the guidance slider does for this model, in a few words."""
+        if not self.guidance_embedded:
+            return "≤ 1 turns CFG off"
+        trained = self.trained_guidance_range
+        return "an input of the UNet" + (f", trained on [{trained[0]:g}, {trained[1]:g}]" if trained else "")
 
     @property
     def max_steps(self) -> int:
@@ -65,13 +98,16 @@ def describe(pipe: SnapFusionPipeline) -> str:
         kind = "UNet with SD-v1.5's block layout" if same else "efficient UNet"
     else:
         kind = f"diffusers {type(unet).__name__}"
+    if pipe.guidance_embedded:
+        kind += " with the guidance scale as an input (one pass per step)"
     decoder = "compressed decoder" if pipe.vae_decoder is not None else "full VAE decoder"
     return f"{kind}, {decoder}"
 
 
-def warm_up(pipe: SnapFusionPipeline) -> None:
+def warm_up(pipe: SnapFusionPipeline, guidance_scale: float | None = None) -> None:
     """One 1-step call, so the first visitor's timings do not include one-off start-up costs."""
-    pipe("", num_inference_steps=1, output_type="np", generator=torch.Generator("cpu").manual_seed(0))
+    pipe("", num_inference_steps=1, guidance_scale=guidance_scale, output_type="np",
+         generator=torch.Generator("cpu").manual_seed(0))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- model cards

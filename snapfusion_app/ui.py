@@ -1,4 +1,5 @@
-"""The Gradio app's layout: a 50-step baseline next to the SnapFusion 8-step student.
+"""The Gradio app's layout: a 50-step baseline next to the SnapFusion 8-step student (or, the visitor's choice, the
+one-pass student when it is loaded).
 
 Tabs: Compare (same prompt and seed on both sides, measured timings, the speed-up; handlers in ``session.py``),
 Model (both architectures by paper stage; ``models_tab.py``), Export (Core ML; ``exports.py``). ``build_demo`` wires
@@ -20,11 +21,11 @@ from pipelines import SnapFusionPipeline
 
 from .errors import user_errors
 from .exports import EXPORTS_KEPT, Exporter
-from .inputs import GUIDANCE_MAX, GUIDANCE_MIN, MAX_PROMPT_CHARS, MAX_SEED, STEPS_MIN
-from .models_tab import STAGE_HEADERS, architecture_plot, eval_files, model_summary
+from .inputs import MAX_PROMPT_CHARS, MAX_SEED, STEPS_MIN
+from .models_tab import architecture_plot, eval_files, model_summary, stage_headers, totals_headers
 from .readouts import waiting_html
-from .session import CompareApp
-from .sides import Side, describe, model_card, model_display_name, warm_up
+from .session import CompareApp, image_label
+from .sides import ONEPASS, RIGHT_ROLES, STUDENT, Side, describe, model_card, model_display_name, warm_up
 from .workdir import make_workdir
 
 # The mini bundle is trained on a toy world of colored shapes on flat backgrounds: these prompts are in its grammar.
@@ -56,18 +57,22 @@ def on_gpu(fn: Callable) -> Callable:
 
 def build_demo(teacher: SnapFusionPipeline, student: SnapFusionPipeline, teacher_name: str, student_name: str,
                teacher_source: str = "", student_source: str = "", warmup: bool = True,
-               export_keep: int = EXPORTS_KEPT) -> gr.Blocks:  # fmt: skip
-    """The whole app for two loaded pipelines (left: the baseline, right: the SnapFusion student), queue set up.
+               export_keep: int = EXPORTS_KEPT, onepass: SnapFusionPipeline | None = None, onepass_name: str = "",
+               onepass_source: str = "") -> gr.Blocks:  # fmt: skip
+    """The whole app for the loaded pipelines (left: the baseline, right: the SnapFusion student, or the one-pass
+    student ``onepass`` when given and the visitor picks it), queue set up.
 
     ``*_name`` is what the UI calls each model; ``*_source`` its folder or Hub id (model card, eval results)."""
     left = Side("left", "Baseline", teacher_name, teacher_source, teacher)
-    right = Side("right", "SnapFusion student", student_name, student_source, student)
+    right = Side("right", RIGHT_ROLES[STUDENT], student_name, student_source, student)
+    third = None if onepass is None else Side("right", RIGHT_ROLES[ONEPASS], onepass_name, onepass_source, onepass)
     if warmup and not gr.utils.is_zero_gpu_space():  # ZeroGPU attaches a GPU per call: no GPU at start-up
-        for s in (left, right):
-            warm_up(s.pipe)
+        for s in (left, right, third):
+            if s is not None:
+                warm_up(s.pipe, s.default_guidance)
     workdir = make_workdir()  # everything this app serves lives here; removed at exit and on SIGTERM
     lock = threading.RLock()
-    app = CompareApp(left, right, workdir, lock)
+    app = CompareApp(left, right, workdir, lock, onepass=third)
     exporter = Exporter(app.sides, workdir, lock, export_keep)
 
     with gr.Blocks(title="SnapFusion: 50 steps vs 8 steps", delete_cache=(1800, 3600)) as demo:
@@ -77,7 +82,10 @@ def build_demo(teacher: SnapFusionPipeline, student: SnapFusionPipeline, teacher
             f"**Left: the baseline** `{teacher_name}` ({describe(teacher)}, {left.default_steps} steps). "
             f"**Right: the SnapFusion student** `{student_name}` ({describe(student)}, {right.default_steps} "
             "steps). Every time shown is measured; the banner says how much faster the right side is."
-        )
+            + ("" if third is None else
+               f" Or put **the one-pass student** `{onepass_name}` on the right ({describe(onepass)}, "
+               f"{third.default_steps} steps, no CFG batch): choose it above the right image.")
+        )  # fmt: skip
         with gr.Tab("Compare"):
             with gr.Row():
                 prompt = gr.Textbox(label="Prompt", value=EXAMPLES[0], max_length=MAX_PROMPT_CHARS, scale=4,
@@ -93,9 +101,17 @@ def build_demo(teacher: SnapFusionPipeline, student: SnapFusionPipeline, teacher
             with gr.Row(equal_height=False):
                 for s in (left, right):
                     with gr.Column():
+                        if s.key == "right":  # the visitor's choice of model for this side (hidden when only one)
+                            right_model = gr.Radio(
+                                [(f"{m.role} ({m.default_steps} steps, "
+                                  f"{'guidance as input' if m.guidance_embedded else 'CFG'})", k)
+                                 for k, m in app.right_models.items()],
+                                value=STUDENT, label="Right side", visible=len(app.right_models) > 1,
+                                elem_id="right-model",
+                            )  # fmt: skip
                         header = gr.Markdown(app.header(s.key, s.default_steps, s.default_guidance),
                                              elem_classes="sf-side-title", elem_id=f"{s.key}-header")  # fmt: skip
-                        image = gr.Image(label=f"{s.label}: {s.name}", type="pil", format="png", height=320,
+                        image = gr.Image(label=image_label(s), type="pil", format="png", height=320,
                                          interactive=False, elem_id=f"{s.key}-image",
                                          elem_classes="sf-image")  # fmt: skip
                         readout = gr.Markdown(f"*{s.label}: latency readout appears here.*",
@@ -103,8 +119,8 @@ def build_demo(teacher: SnapFusionPipeline, student: SnapFusionPipeline, teacher
                         with gr.Row():
                             steps = gr.Slider(STEPS_MIN, s.max_steps, value=s.default_steps, step=1,
                                               label=f"Steps ({s.key})", elem_id=f"{s.key}-steps")  # fmt: skip
-                            guidance = gr.Slider(GUIDANCE_MIN, GUIDANCE_MAX, value=s.default_guidance, step=0.5,
-                                                 label=f"Guidance ({s.key})", info="≤ 1 turns CFG off",
+                            guidance = gr.Slider(*s.guidance_range, value=s.default_guidance, step=0.5,
+                                                 label=f"Guidance ({s.key})", info=s.guidance_info,
                                                  elem_id=f"{s.key}-guidance")  # fmt: skip
                         run_side = gr.Button(f"Run the {s.key} side alone", size="sm")
                         outputs[s.key] = {"header": header, "image": image, "readout": readout, "steps": steps,
@@ -125,26 +141,34 @@ def build_demo(teacher: SnapFusionPipeline, student: SnapFusionPipeline, teacher
         # preprocess=False everywhere: the handlers check every value themselves (gradio's own Slider / Number check
         # would answer a typed 500 with a bare error and a server traceback instead of the limits of this side).
         compare_event = run_both.click(
-            on_gpu(user_errors(app.compare)), inputs=common + [L["steps"], L["guidance"], R["steps"], R["guidance"]],
+            on_gpu(user_errors(app.compare)),
+            inputs=common + [L["steps"], L["guidance"], R["steps"], R["guidance"], right_model],
             outputs=[L["image"], L["readout"], R["image"], R["readout"], banner, seed, timings_json],
             api_name="compare", preprocess=False, concurrency_id=GROUP, concurrency_limit=1, show_progress_on=banner,
         )  # fmt: skip
         side_events = []
         for s, o in ((left, L), (right, R)):
+            choice = [right_model] if s.key == "right" else []
             side_events.append(o["button"].click(
-                on_gpu(user_errors(_one_side_handler(app, s.key))), inputs=common + [o["steps"], o["guidance"]],
+                on_gpu(user_errors(_one_side_handler(app, s.key))),
+                inputs=common + [o["steps"], o["guidance"]] + choice,
                 outputs=[o["image"], o["readout"], banner, seed, timings_json], api_name=s.key,
                 preprocess=False, concurrency_id=GROUP, concurrency_limit=1, show_progress_on=banner,
             ))  # fmt: skip
             for comp in (o["steps"], o["guidance"]):
-                comp.change(user_errors(functools.partial(app.header, s.key)), inputs=[o["steps"], o["guidance"]],
-                            outputs=o["header"], preprocess=False, concurrency_limit=None, show_progress="hidden",
-                            api_visibility="private")  # fmt: skip
+                comp.change(user_errors(functools.partial(app.header, s.key)),
+                            inputs=[o["steps"], o["guidance"]] + choice, outputs=o["header"], preprocess=False,
+                            concurrency_limit=None, show_progress="hidden", api_visibility="private")  # fmt: skip
+        right_model.change(
+            user_errors(app.choose_right), inputs=right_model,
+            outputs=[R["header"], R["steps"], R["guidance"], R["image"], R["readout"], banner, negative],
+            preprocess=False, concurrency_limit=None, show_progress="hidden", api_visibility="private",
+        )  # fmt: skip
         cancel.click(app.cancel, None, [banner, L["readout"], R["readout"]], cancels=[compare_event, *side_events],
                      queue=False, api_visibility="private")  # fmt: skip
 
         with gr.Tab("Model"):
-            _model_tab(app, left, right)
+            _model_tab(app)
 
         with gr.Tab("Export"):
             gr.Markdown(
@@ -179,9 +203,19 @@ def build_demo(teacher: SnapFusionPipeline, student: SnapFusionPipeline, teacher
 
 
 def _one_side_handler(app: CompareApp, key: str) -> Callable:
-    def run(prompt, negative_prompt, seed, randomize_seed, steps, guidance, request: gr.Request = None,
-            progress=gr.Progress()):  # fmt: skip
-        yield from app.run_one(key, prompt, negative_prompt, seed, randomize_seed, steps, guidance, request, progress)
+    if key == "right":
+
+        def run(prompt, negative_prompt, seed, randomize_seed, steps, guidance, right_model=STUDENT,
+                request: gr.Request = None, progress=gr.Progress()):  # fmt: skip
+            yield from app.run_one(key, prompt, negative_prompt, seed, randomize_seed, steps, guidance, request,
+                                   progress, right_model)  # fmt: skip
+
+    else:
+
+        def run(prompt, negative_prompt, seed, randomize_seed, steps, guidance, request: gr.Request = None,
+                progress=gr.Progress()):  # fmt: skip
+            yield from app.run_one(key, prompt, negative_prompt, seed, randomize_seed, steps, guidance, request,
+                                   progress)  # fmt: skip
 
     run.__name__ = run.__qualname__ = f"run_{key}"
     run.__doc__ = f"Run the {key} side alone: (image, readout, speed-up banner, seed used, timings JSON)."
@@ -197,24 +231,26 @@ def _export_handler(exporter: Exporter) -> Callable:
     return export
 
 
-def _model_tab(app: CompareApp, left: Side, right: Side) -> None:
+def _model_tab(app: CompareApp) -> None:
+    models = app.models  # left, right and the one-pass student when loaded
     try:
-        stage_rows, total_rows = model_summary(app.sides)
+        stage_rows, total_rows = model_summary(models)
     except ImportError as e:  # pipelines.profiling not importable: say so instead of showing made-up numbers
         gr.Markdown(f"Architecture summary unavailable: {html.escape(str(e))}")
         return
     gr.Markdown(
-        "Both UNets by stage of the SnapFusion paper (Table 3 grouping). **CA**: cross-attention (transformer) "
-        "block, **RB**: ResNet block; *Other* holds conv_in, the time embedding and the output head. Parameters "
-        "and FLOPs are counted from the loaded models (FLOPs = 2 × multiply-accumulates, at each model's image "
-        "size and text length; see `pipelines/profiling.py` for what is counted). Counts, not timings."
+        f"{'Both' if len(models) == 2 else 'The'} UNets by stage of the SnapFusion paper (Table 3 grouping). **CA**: "
+        "cross-attention (transformer) block, **RB**: ResNet block; *Other* holds conv_in, the time embedding and "
+        "the output head. Parameters and FLOPs are counted from the loaded models (FLOPs = 2 × multiply-accumulates, "
+        "at each model's image size and text length; see `pipelines/profiling.py` for what is counted). A step is "
+        "2 UNet passes with CFG (one batch of 2) and 1 for a UNet that takes the guidance scale as an input. "
+        "Counts, not timings."
     )
-    gr.Dataframe(value=stage_rows, label="Blocks per stage", interactive=False, headers=STAGE_HEADERS)
-    gr.Dataframe(value=total_rows, headers=["", f"left: {left.name}", f"right: {right.name}"], label="Totals",
-                 interactive=False)  # fmt: skip
-    plot = architecture_plot(stage_rows, left.name, right.name, app.workdir / "architecture.png")
+    gr.Dataframe(value=stage_rows, label="Blocks per stage", interactive=False, headers=stage_headers(models))
+    gr.Dataframe(value=total_rows, headers=totals_headers(models), label="Totals", interactive=False)
+    plot = architecture_plot(stage_rows, models, app.workdir / "architecture.png")
     gr.Image(str(plot), label="CA / RB blocks per stage", type="filepath", interactive=False, format="png")
-    pngs, jsons = eval_files(app.sides)
+    pngs, jsons = eval_files(models)
     if pngs or jsons:
         gr.Markdown("### Evaluation results from the bundle")
         for png in pngs:
@@ -229,7 +265,7 @@ def _model_tab(app: CompareApp, left: Side, right: Side) -> None:
                         continue
                     gr.JSON(data, label=j.name)
     with gr.Accordion("Model cards", open=False), gr.Row():
-        for s in (left, right):
+        for s in models.values():
             gr.Markdown(model_card(s))
 
 

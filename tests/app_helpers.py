@@ -42,6 +42,20 @@ def make_model_dirs(root: Path) -> tuple[str, str]:
     return str(root / "teacher"), str(root / "student")
 
 
+def make_onepass_dir(root: Path) -> str:
+    """Tiny one-pass student (efficient UNet with a guidance embedding: one pass per step, guidance as an input,
+    trained range [1, 8]; recommends 4 steps / 4.5), saved as a diffusers folder like bundle/onepass."""
+    from pipelines import SnapFusionPipeline
+    from pipelines.tiny import tiny_components
+
+    onepass = SnapFusionPipeline(**tiny_components(2, unet="efficient", compressed_decoder=True, time_cond_proj_dim=8),
+                                 default_num_inference_steps=4, default_guidance_scale=4.5,
+                                 guidance_scale_range=[1.0, 8.0])  # fmt: skip
+    onepass.save_pretrained(root / "onepass", safe_serialization=True)
+    (root / "onepass" / "README.md").write_text("# Tiny one-pass student\n\nIts model card.\n")
+    return str(root / "onepass")
+
+
 def launch(demo) -> str:
     from snapfusion_app.ui import launch_kwargs
 
@@ -55,7 +69,8 @@ def pixels(path: str) -> np.ndarray:
 
 
 def compare(client, prompt="a big red circle", seed=3, negative="", randomize=False, **over):
-    """The /compare endpoint called with keyword arguments, as docs/app.md shows."""
+    """The /compare endpoint called with keyword arguments, as docs/app.md shows (``right_model`` left out: the
+    SnapFusion student, as for an API caller who does not know of the one-pass student)."""
     return client.predict(prompt=prompt, negative_prompt=negative, seed=seed, randomize_seed=randomize,
                           **dict(STEPS, **over), api_name="/compare")  # fmt: skip
 
@@ -93,11 +108,17 @@ def model_dirs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def served(model_dirs):
-    """(url, demo) of the app on the tiny models, launched the way tests of gradio apps are."""
+def onepass_dir(model_dirs):
+    return make_onepass_dir(Path(model_dirs[0]).parent)
+
+
+@pytest.fixture(scope="module")
+def served(model_dirs, onepass_dir):
+    """(url, demo) of the app on the tiny models (with the one-pass student), launched the way tests of gradio apps
+    are."""
     import app
 
-    demo = app.create_demo(*model_dirs)
+    demo = app.create_demo(*model_dirs, onepass=onepass_dir)
     url = launch(demo)
     yield url, demo
     demo.close()

@@ -63,7 +63,8 @@ def test_readout_table_and_progress():
     timings = dict(t(1234.0, 1000.0, 4), text_encoder_ms=12.34, unet_ms_mean=250.0, decoder_ms=50.0)
     text = readouts.readout_markdown(timings, 7.5, "cpu (2 cores)", ["Empty prompt."])
     assert text.splitlines()[0] == "**4 steps · guidance 7.5** · 1,234 ms in total"
-    assert "| UNet | 250.0 ms/step × 4 steps = 1,000 ms (CFG: batch 2) |" in text
+    assert "| UNet | 250.0 ms/step × 4 steps = 1,000 ms (CFG: 2 passes per step, one batch of 2) |" in text
+    assert "UNet evaluations: 4 steps × 2 passes per step = **8** for this image (a count, not a measurement)." in text
     assert "| text encoder | 12.3 ms |" in text and text.endswith("> Empty prompt.")
     assert readouts.running_markdown(5, 10, 1.25).startswith("**Running: step 5/10** · 1.2 s so far")
     assert "`" + "█" * 10 + "░" * 10 + "`" in readouts.running_markdown(5, 10, 1.25)
@@ -73,3 +74,21 @@ def test_side_header():
     assert readouts.side_header("⬅", "Left · Baseline", "a `b`", 50, 7.5) == (
         "### ⬅ Left · Baseline: 50 steps · guidance 7.5\n`a 'b'`"
     )
+
+
+def test_one_pass_readout_banner_and_settings_count_one_unet_pass_per_step():
+    """A guidance-embedded UNet (the one-pass student): no CFG batch, the guidance scale is a network input."""
+    onepass = dict(t(40.0, 30.0, 4, cfg=False, guidance=4.5), guidance_embedded=True, text_encoder_ms=5.0,
+                   unet_ms_mean=7.5, decoder_ms=5.0)  # fmt: skip
+    text = readouts.readout_markdown(onepass, 4.5, "cpu", [])
+    assert "| UNet | 7.5 ms/step × 4 steps = 30 ms (1 pass per step, guidance as input) |" in text, text
+    assert "UNet evaluations: 4 steps × 1 pass per step = **4** for this image" in text
+    assert readouts.settings_text(onepass) == "4 steps, guidance 4.5 as input"
+    assert readouts.settings_text(t(1.0, 1.0, 4, cfg=False, guidance=1.0)) == "4 steps, no CFG"
+    assert [readouts.unet_evaluations(x) for x in (onepass, t(1.0, 1.0, 8))] == [4, 16]
+    banner = readouts.speedup_html(t(1000.0, 900.0, 50), onepass)
+    assert head_of(banner) == "Right side (4 steps, guidance 4.5 as input) is 25× faster than the left side (50 " \
+                              "steps, CFG 7.5)"  # fmt: skip
+    assert "UNet evaluations per image 100 → 4" in banner
+    no_cfg = readouts.readout_markdown(dict(onepass, guidance_embedded=False), 1.0, "cpu", [])
+    assert "(no CFG: 1 pass per step)" in no_cfg and "guidance as input" not in no_cfg
