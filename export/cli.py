@@ -11,7 +11,9 @@ import signal
 import sys
 
 from .errors import ExportError
-from .options import ATTENTION_VARIANTS, COMPONENTS, PRECISIONS, QUANTIZE_CHOICES, check_options, check_out_dir
+from .options import (
+    ATTENTION_VARIANTS, COMPONENTS, FORMATS, PALETTIZE_BITS, PRECISIONS, check_options, check_out_dir, parse_format,
+)  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,14 +23,18 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = _Parser(prog="python -m export", description="Export a SnapFusion / SD-1.x pipeline to Core ML packages "
-                "for apple's Swift StableDiffusion package.")  # fmt: skip
+                "(apple's Swift StableDiffusion package, plain MLModel calls) and / or ExecuTorch .pte files (XNNPACK; "
+                "iOS and Android); run an export with `python -m export.run OUT --prompt P`.")  # fmt: skip
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="local diffusers pipeline folder or Hugging Face Hub id")
     src.add_argument("--preset", help="full-size model with random weights instead of --model: snapfusion or sd15 "
                      "(for conversion time / package size measurements)")  # fmt: skip
     p.add_argument("--components", default=",".join(COMPONENTS), help=f"comma list of {', '.join(COMPONENTS)}")
-    p.add_argument("--precision", default="fp16", help=f"Core ML compute precision: {' or '.join(PRECISIONS)}")
-    p.add_argument("--quantize", default="none", help=f"k-means palettization bits: {', '.join(QUANTIZE_CHOICES)}")
+    p.add_argument("--format", default="coreml", help=f"what to write: {', '.join(FORMATS)}")
+    p.add_argument("--precision", default="fp16", help=f"Core ML compute precision: {' or '.join(PRECISIONS)} "
+                   "(ExecuTorch files compute in fp32)")  # fmt: skip
+    p.add_argument("--quantize", default="none", help=f"none; Core ML k-means palettization bits "
+                   f"{', '.join(PALETTIZE_BITS)}; or int8 (ExecuTorch: int8 weights, dynamic int8 activations)")
     p.add_argument("--attention", default="original", help=f"UNet attention: {' or '.join(ATTENTION_VARIANTS)}")
     p.add_argument("--height", default=None, help="image height in pixels (default: the UNet's sample size)")
     p.add_argument("--width", default=None, help="image width in pixels (default: the UNet's sample size)")
@@ -63,7 +69,11 @@ def main(argv=None) -> int:
     height, width = _int_or_none("height", args.height), _int_or_none("width", args.width)
     try:
         # cheap checks first: a typo fails in a second, before the model loads
-        components, _ = check_options(args.components, args.precision, args.quantize, args.attention)
+        components, _ = check_options(args.components, args.precision, args.quantize, args.attention, args.format)
+        if "executorch" in parse_format(args.format):
+            from .executorch import require_executorch
+
+            require_executorch()
         check_out_dir(args.out, args.overwrite)
         if args.zip and os.path.exists(os.path.abspath(args.out).rstrip(os.sep) + ".zip") and not args.overwrite:
             raise ExportError(f"{os.path.abspath(args.out)}.zip exists; pass --overwrite to replace it.")
@@ -82,7 +92,7 @@ def main(argv=None) -> int:
         report = export_pipeline(
             pipe, args.out, components=components, precision=args.precision, quantize=args.quantize,
             attention=args.attention, height=height, width=width, overwrite=args.overwrite,
-            latency_table=args.latency_table, progress=progress,
+            latency_table=args.latency_table, progress=progress, format=args.format,
         )  # fmt: skip
         print(report.to_markdown())
         if args.zip:

@@ -6,12 +6,15 @@ eager PyTorch (PSNR, hard threshold), converts it with ``coremltools.convert`` t
 palettizes the weights, saves the ``.mlpackage`` and times the component.
 
     TextEncoder  input_ids (1, L) float32 token ids      -> last_hidden_state (1, L, D), pooled_outputs (1, D)
+    Denoiser     one sampling step, schedule baked in (export/denoiser.py) -> next_latents (1, 4, h, w)
     Unet         sample (2, 4, h, w), timestep (2,),
                  encoder_hidden_states (2, D, 1, L)      -> noise_pred (2, 4, h, w)
     VAEDecoder   z (1, 4, h, w) = latents / scaling_factor -> image (1, 3, H, W) in [-1, 1]
 
-Batch 2 for the UNet is classifier-free guidance (unconditional + text); ``encoder_hidden_states`` uses apple's
-(B, D, 1, L) layout, which the Swift package produces from the text encoder's (B, L, D) output.
+Batch 2 for the UNet is classifier-free guidance (unconditional + text); a guidance-embedded UNet runs batch 1 with
+a ``guidance_scale`` (B,) input. ``encoder_hidden_states`` uses apple's (B, D, 1, L) layout, which the Swift package
+produces from the text encoder's (B, L, D) output. ``component_graph`` builds these wrappers for every format (the
+ExecuTorch files take the same inputs, export/executorch.py).
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipelines.guidance import guidance_scale_embedding, is_guidance_embedded
 from pipelines.latency import host_description
 from pipelines.psnr import psnr
 from pipelines.timing import time_ms
 
 from .attention import attention_variant
+from .denoiser import DenoiserStep, denoiser_inputs, step_schedule
 from .errors import ExportError
 from .palettize import palettize
 
@@ -83,6 +88,17 @@ class UnetForCoreML(nn.Module):
         return self.unet(sample, timestep, encoder_hidden_states=context, return_dict=False)[0]
 
 
+class GuidedUnetForCoreML(UnetForCoreML):
+    """A guidance-embedded UNet (one pass per step): ``UnetForCoreML``'s inputs plus guidance_scale (B,)."""
+
+    input_names = ("sample", "timestep", "encoder_hidden_states", "guidance_scale")
+
+    def forward(self, sample, timestep, encoder_hidden_states, guidance_scale):
+        context = encoder_hidden_states.squeeze(2).transpose(1, 2)  # (B, D, 1, L) -> (B, L, D)
+        cond = guidance_scale_embedding(guidance_scale, self.unet.config.time_cond_proj_dim)  # (B, dim)
+        return self.unet(sample, timestep, encoder_hidden_states=context, timestep_cond=cond, return_dict=False)[0]
+
+
 class VAEDecoderForCoreML(nn.Module):
     """z (1, C, h, w), latents already divided by the scaling factor -> image (1, 3, H, W) in [-1, 1]."""
 
@@ -107,6 +123,12 @@ DESCRIPTIONS = {
     "noise_pred": "The UNet's prediction (epsilon or v, see the manifest's scheduler config)",
     "z": "Denoised latents divided by the VAE scaling factor",
     "image": "Decoded image in [-1, 1], (1, 3, H, W)",
+    "guidance_scale": "Guidance scale (the UNet embeds it; one pass per step, no CFG batch)",
+    "latents": "Current latents (start: init_noise_sigma x Gaussian noise)",
+    "step_index": "Index of the step, 0 .. steps-1 (the schedule is inside the model)",
+    "text_states": "The text encoder's last_hidden_state for the prompt, (1, L, D)",
+    "uncond_states": "The text encoder's last_hidden_state for the empty prompt, (1, L, D)",
+    "next_latents": "Latents after this step; after the last step, divide by the scaling factor and decode",
 }
 
 
@@ -398,66 +420,98 @@ def decoder_of(pipe) -> nn.Module:
     return pipe.vae_decoder if getattr(pipe, "vae_decoder", None) is not None else pipe.vae
 
 
-def convert_text_encoder(pipe, package_path: str, opts: ConvertOptions) -> ComponentReport:
-    """TextEncoder.mlpackage from ``pipe.text_encoder``; sample input = the tokenized check prompt."""
-    length = text_length(pipe)
-    ids = pipe.tokenizer(["a photo of a red circle"], padding="max_length", max_length=length, truncation=True,
-                         return_tensors="pt").input_ids  # fmt: skip
-    inputs = OrderedDict(input_ids=ids.to(torch.float32))  # (1, L)
-    with _eval_cpu_fp32(pipe.text_encoder) as te:
-        return _convert("text_encoder", TextEncoderForCoreML(te), inputs, package_path, opts)
+@dataclass
+class ComponentGraph:
+    """A component wrapped for export: the wrapper, its example inputs (in input order), the eager float32
+    reference outputs (the UNet's with the original attention) and notes for the report."""
+
+    wrapper: nn.Module
+    inputs: OrderedDict
+    reference: tuple[torch.Tensor, ...]
+    notes: list[str] = field(default_factory=list)
 
 
-def convert_unet(pipe, package_path: str, opts: ConvertOptions, height: int, width: int,
-                 attention: str = "original") -> ComponentReport:  # fmt: skip
-    """Unet.mlpackage at latent size (height/f, width/f), batch 2; ``attention="split_einsum"`` swaps in
-    the per-head einsum attention for the export and checks it against the original attention's output."""
+def unet_batch(pipe) -> int:
+    """The per-step UNet package's batch: 1 for a guidance-embedded UNet (one pass per step), else 2 (CFG)."""
+    return 1 if is_guidance_embedded(pipe.unet) else UNET_BATCH
+
+
+@contextlib.contextmanager
+def component_graph(pipe, name: str, height: int, width: int, attention: str = "original", steps: int | None = None):
+    """The ``ComponentGraph`` of ``name`` (a component of ``COMPONENTS``), its modules in eval mode on the CPU in
+    float32 and the UNet's attention variant applied while the context is open."""
     f = pipe.vae_scale_factor
-    cfg = pipe.unet.config
     gen = torch.Generator().manual_seed(0)
-    context_dim = cfg.cross_attention_dim
-    inputs = OrderedDict(
-        sample=torch.randn(UNET_BATCH, cfg.in_channels, height // f, width // f, generator=gen),  # (2, C, h, w)
-        timestep=torch.full((UNET_BATCH,), float(pipe.scheduler.config.num_train_timesteps - 1)),  # (2,)
-        # (2, D, 1, L): apple's layout of the text features
-        encoder_hidden_states=torch.randn(UNET_BATCH, context_dim, 1, text_length(pipe), generator=gen),
-    )
-    args = tuple(inputs.values())
-    with _eval_cpu_fp32(pipe.unet) as unet:
-        wrapper = UnetForCoreML(unet)
-        with torch.no_grad():
-            reference = wrapper(*args)  # original attention
-        try:
-            with attention_variant(unet, attention):
-                report = _convert("unet", wrapper, inputs, package_path, opts, reference_fn=lambda: reference)
-        except ValueError as e:
-            if isinstance(e, ExportError):
-                raise
-            raise ExportError(f"unet: {e}") from e
-    report.notes.append(f"attention: {attention}")
+    if name == "text_encoder":
+        length = text_length(pipe)
+        ids = pipe.tokenizer(["a photo of a red circle"], padding="max_length", max_length=length, truncation=True,
+                             return_tensors="pt").input_ids  # fmt: skip
+        with _eval_cpu_fp32(pipe.text_encoder) as te:
+            wrapper = TextEncoderForCoreML(te)
+            yield _graph(wrapper, OrderedDict(input_ids=ids.to(torch.float32)))  # (1, L)
+    elif name == "unet":
+        cfg = pipe.unet.config
+        b = unet_batch(pipe)
+        inputs = OrderedDict(
+            sample=torch.randn(b, cfg.in_channels, height // f, width // f, generator=gen),  # (B, C, h, w)
+            timestep=torch.full((b,), float(pipe.scheduler.config.num_train_timesteps - 1)),  # (B,)
+            # (B, D, 1, L): apple's layout of the text features
+            encoder_hidden_states=torch.randn(b, cfg.cross_attention_dim, 1, text_length(pipe), generator=gen),
+        )
+        with _eval_cpu_fp32(pipe.unet) as unet:
+            if is_guidance_embedded(unet):
+                inputs["guidance_scale"] = torch.full((b,), float(pipe.config.default_guidance_scale))  # (B,)
+                wrapper = GuidedUnetForCoreML(unet)
+            else:
+                wrapper = UnetForCoreML(unet)
+            graph = _graph(wrapper, inputs)  # reference: the original attention
+            try:
+                with attention_variant(unet, attention):
+                    yield graph
+            except ValueError as e:
+                if isinstance(e, ExportError):
+                    raise
+                raise ExportError(f"unet: {e}") from e
+        graph.notes.append(f"attention: {attention}")
+    elif name == "denoiser":
+        schedule = step_schedule(pipe.scheduler, int(steps or pipe.config.default_num_inference_steps))
+        inputs = OrderedDict(denoiser_inputs(pipe.unet, height // f, width // f, text_length(pipe),
+                                             float(pipe.config.default_guidance_scale)))  # fmt: skip
+        with _eval_cpu_fp32(pipe.unet) as unet:
+            graph = _graph(DenoiserStep(unet, schedule).eval(), inputs)
+            graph.notes.append(f"{schedule['timesteps'].shape[0]} steps of {type(pipe.scheduler).__name__} baked in")
+            yield graph
+    elif name == "vae_decoder":
+        decoder = decoder_of(pipe)
+        # z = latents / scaling_factor; denoised latents have about unit variance
+        z = torch.randn(1, decoder.config.latent_channels, height // f, width // f, generator=gen)
+        z = z / decoder.config.scaling_factor
+        with _eval_cpu_fp32(decoder) as dec:
+            graph = _graph(VAEDecoderForCoreML(dec), OrderedDict(z=z))
+            source = "vae_decoder" if decoder is getattr(pipe, "vae_decoder", None) else "vae"
+            graph.notes.append(f"decoder: {source} ({type(decoder).__name__}); input z = latents / "
+                               f"{decoder.config.scaling_factor}")  # fmt: skip
+            yield graph
+    else:
+        raise ExportError(f"unknown component {name!r}.")
+
+
+def _graph(wrapper: nn.Module, inputs: OrderedDict) -> ComponentGraph:
+    with torch.no_grad():
+        out = wrapper(*inputs.values())
+    return ComponentGraph(wrapper, inputs, out if isinstance(out, tuple) else (out,))
+
+
+def convert_component(pipe, name: str, package_path: str, opts: ConvertOptions, height: int, width: int,
+                      attention: str = "original") -> ComponentReport:  # fmt: skip
+    """``name``'s Core ML package (see the module docstring), checked against eager PyTorch."""
+    with component_graph(pipe, name, height, width, attention if name == "unet" else "original") as g:
+        report = _convert(name, g.wrapper, g.inputs, package_path, opts, reference_fn=lambda: g.reference)
+    report.notes.extend(g.notes)
     return report
 
-
-def convert_vae_decoder(pipe, package_path: str, opts: ConvertOptions, height: int, width: int) -> ComponentReport:
-    """VAEDecoder.mlpackage from ``pipe.vae_decoder`` if present, else ``pipe.vae`` (post_quant_conv + decoder)."""
-    decoder = decoder_of(pipe)
-    f = pipe.vae_scale_factor
-    latent_channels = decoder.config.latent_channels
-    gen = torch.Generator().manual_seed(0)
-    # z = latents / scaling_factor; denoised latents have about unit variance
-    z = torch.randn(1, latent_channels, height // f, width // f, generator=gen) / decoder.config.scaling_factor
-    with _eval_cpu_fp32(decoder) as dec:
-        report = _convert("vae_decoder", VAEDecoderForCoreML(dec), OrderedDict(z=z), package_path, opts)
-    source = "vae_decoder" if decoder is getattr(pipe, "vae_decoder", None) else "vae"
-    report.notes.append(
-        f"decoder: {source} ({type(decoder).__name__}); input z = latents / {decoder.config.scaling_factor}"
-    )
-    return report
-
-
-CONVERTERS = {"text_encoder": convert_text_encoder, "unet": convert_unet, "vae_decoder": convert_vae_decoder}
 
 __all__ = [
-    "CONVERTERS", "MIN_PSNR_DB", "UNET_BATCH", "ComponentReport", "ConvertOptions", "convert_text_encoder",
-    "convert_unet", "convert_vae_decoder", "coreml_runtime_available", "import_coremltools", "median_ms",
+    "MIN_PSNR_DB", "UNET_BATCH", "ComponentGraph", "ComponentReport", "ConvertOptions", "component_graph",
+    "convert_component", "coreml_runtime_available", "import_coremltools", "median_ms", "unet_batch",
 ]  # fmt: skip

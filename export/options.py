@@ -8,13 +8,19 @@ from collections.abc import Iterable
 
 from .errors import ExportError
 
-COMPONENTS = ("text_encoder", "unet", "vae_decoder")
-PACKAGE_NAMES = {"text_encoder": "TextEncoder.mlpackage", "unet": "Unet.mlpackage",
+COMPONENTS = ("text_encoder", "denoiser", "unet", "vae_decoder")
+PACKAGE_NAMES = {"text_encoder": "TextEncoder.mlpackage", "denoiser": "Denoiser.mlpackage", "unet": "Unet.mlpackage",
                  "vae_decoder": "VAEDecoder.mlpackage"}  # the names apple's Swift package loads (as .mlmodelc)
+PTE_NAMES = {"text_encoder": "TextEncoder.pte", "denoiser": "Denoiser.pte", "unet": "Unet.pte",
+             "vae_decoder": "VAEDecoder.pte"}  # fmt: skip
+FORMATS = ("coreml", "executorch", "both")
 PRECISIONS = ("fp16", "fp32")
-QUANTIZE_CHOICES = ("none", "8", "6", "4")
+PALETTIZE_BITS = ("8", "6", "4")  # Core ML k-means palettization
+EXECUTORCH_QUANTIZE = ("int8",)  # ExecuTorch XNNPACK: int8 weights, dynamically quantized activations
+QUANTIZE_CHOICES = ("none", *PALETTIZE_BITS, *EXECUTORCH_QUANTIZE)
 ATTENTION_VARIANTS = ("original", "split_einsum")
-MANIFEST_FORMAT = "snapfusion-coreml-export/1"
+MANIFEST_FORMAT = "snapfusion-export/2"
+OLDER_MANIFEST_FORMATS = ("snapfusion-coreml-export/1",)  # recognised as previous exports (for overwrite) only
 
 
 def parse_components(components: str | Iterable[str]) -> tuple[str, ...]:
@@ -30,31 +36,51 @@ def parse_components(components: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(c for c in COMPONENTS if c in items)
 
 
-def parse_quantize(quantize) -> int | None:
-    """"none" / None -> None; "8" / 8, "6", "4" -> bits."""
+def parse_quantize(quantize) -> int | str | None:
+    """"none" / None -> None; "8" / 8, "6", "4" -> palettization bits (Core ML); "int8" -> "int8" (ExecuTorch)."""
     if quantize is None or (isinstance(quantize, str) and quantize.lower() == "none"):
         return None
     if isinstance(quantize, bool) or str(quantize) not in QUANTIZE_CHOICES:
-        raise ExportError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)} (bits); got {quantize!r}.")
-    return int(quantize)
+        raise ExportError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)} (Core ML palettization bits, or "
+                          f"int8 for ExecuTorch); got {quantize!r}.")  # fmt: skip
+    return str(quantize) if str(quantize) in EXECUTORCH_QUANTIZE else int(quantize)
 
 
-def check_options(components, precision: str, quantize, attention: str) -> tuple[tuple[str, ...], int | None]:
-    """Validate the model-independent options; returns (components, bits)."""
+def parse_format(fmt: str) -> tuple[str, ...]:
+    """"coreml" | "executorch" | "both" -> the formats to write, e.g. ("coreml", "executorch")."""
+    if fmt not in FORMATS:
+        raise ExportError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}.")
+    return ("coreml", "executorch") if fmt == "both" else (fmt,)
+
+
+def check_options(components, precision: str, quantize, attention: str,
+                  fmt: str = "coreml") -> tuple[tuple[str, ...], int | str | None]:  # fmt: skip
+    """Validate the model-independent options; returns (components, quantization): palettization bits for Core ML,
+    "int8" for ExecuTorch, or None. A quantization or attention variant the chosen runtime cannot run is refused."""
     comps = parse_components(components)
+    formats = parse_format(fmt)
     if precision not in PRECISIONS:
         raise ExportError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}.")
-    bits = parse_quantize(quantize)
+    quant = parse_quantize(quantize)
     if attention not in ATTENTION_VARIANTS:
         raise ExportError(f"attention must be one of {', '.join(ATTENTION_VARIANTS)}; got {attention!r}.")
-    return comps, bits
+    if isinstance(quant, int) and "executorch" in formats:
+        raise ExportError(f"quantize {quant} is Core ML k-means palettization, which ExecuTorch cannot run; for "
+                          "ExecuTorch use quantize int8 (or none), or export Core ML alone.")  # fmt: skip
+    if isinstance(quant, str) and "coreml" in formats:
+        raise ExportError(f"quantize {quant} is ExecuTorch's XNNPACK int8 scheme, which Core ML cannot run; for "
+                          f"Core ML use {', '.join(PALETTIZE_BITS)} bits (or none), or export ExecuTorch alone.")
+    if attention != "original" and "executorch" in formats:
+        raise ExportError(f"attention {attention} is the Neural Engine layout of Core ML; ExecuTorch exports take "
+                          "attention original.")  # fmt: skip
+    return comps, quant
 
 
 def is_export_folder(path: str) -> bool:
     """True if ``path`` holds a manifest.json written by this package."""
     try:
         with open(os.path.join(path, "manifest.json")) as f:
-            return json.load(f).get("format") == MANIFEST_FORMAT
+            return json.load(f).get("format") in (MANIFEST_FORMAT, *OLDER_MANIFEST_FORMATS)
     except (OSError, ValueError, AttributeError):
         return False
 

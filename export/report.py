@@ -33,15 +33,20 @@ class ExportReport:
     deployment_target: str
     unet_batch: int
     notes: list[str] = field(default_factory=list)
+    formats: list[str] = field(default_factory=lambda: ["coreml"])
+    executorch: dict | None = None  # runtime, backend, quantization, components (ComponentReport dicts), end_to_end
+    guidance_embedded: bool = False
+    denoiser: dict | None = None  # export.denoiser.describe: what the Denoiser computes and how to call it
 
     @property
     def cfg(self) -> bool:
-        return self.guidance_scale > 1.0
+        return self.guidance_scale > 1.0 and not self.guidance_embedded
 
     def to_dict(self) -> dict:
         """JSON-able; this is also the content of ``manifest.json`` (which leaves out ``out_dir``)."""
         return {
             "format": MANIFEST_FORMAT,
+            "formats": self.formats,
             "out_dir": self.out_dir,
             "source": self.source,
             "components": {k: v.to_dict() for k, v in self.components.items()},
@@ -55,7 +60,10 @@ class ExportReport:
             "num_inference_steps": self.num_inference_steps,
             "guidance_scale": self.guidance_scale,
             "cfg": self.cfg,
+            "guidance_embedded": self.guidance_embedded,
             "unet_batch": self.unet_batch,
+            "denoiser": self.denoiser,
+            "executorch": self.executorch,
             "numeric_checks": {k: _check_summary(v.check) for k, v in self.components.items()},
             "end_to_end": self.end_to_end,
             "environment": self.environment,
@@ -63,7 +71,33 @@ class ExportReport:
         }
 
     def to_markdown(self) -> str:
-        """A short human table: per component package, size, PSNR and which check, latency and its kind."""
+        """A short human table per format: per component file, size, PSNR and which check, latency and its kind."""
+        lines = self._coreml_markdown() if "coreml" in self.formats else []
+        et = self.executorch
+        if et:
+            if lines:
+                lines.append("")
+            q = et["quantization"]["scheme"]
+            lines += [
+                f"ExecuTorch export to `{self.out_dir}`: {et['backend']} delegate, "
+                f"{'int8 weights (dynamic int8 activations)' if q == 'int8' else 'fp32'}, "
+                f"{self.image['width']}x{self.image['height']} px, {self.num_inference_steps} steps, "
+                f"guidance {self.guidance_scale:g}",
+                "",
+                "| component | file | size (MB = 2^20 bytes) | numeric check | latency |",
+                "|---|---|---|---|---|",
+            ]
+            for c in et["components"].values():
+                chk = c["check"]["executorch"]
+                lines.append(f"| {c['name']} | {c['package']} | {format_size(c['size_mb'] * MB, 2)} | ExecuTorch "
+                             f"runtime vs eager: {chk['psnr_db']:.1f} dB ({'pass' if chk['passed'] else 'FAIL'}) | "
+                             f"{_latency_cell(c['latency'])} |")  # fmt: skip
+            if et["end_to_end"].get("measured"):
+                m = et["end_to_end"]["measured"]
+                lines += ["", f"End to end (ExecuTorch): {m['ms']:.1f} ms = {m['formula']}, {m['label']}"]
+        return "\n".join(lines)
+
+    def _coreml_markdown(self) -> list[str]:
         bits = self.quantization.get("bits")
         lines = [
             (
@@ -71,6 +105,7 @@ class ExportReport:
                 f"{f'{bits}-bit k-means palettization' if bits else 'no quantization'}, attention {self.attention}, "
                 f"{self.image['width']}x{self.image['height']} px, {self.num_inference_steps} steps, "
                 f"guidance {self.guidance_scale:g}{' (CFG, UNet batch 2)' if self.cfg else ''}"
+                f"{' (guidance-embedded UNet: one pass per step)' if self.guidance_embedded else ''}"
             ),
             "",
             "| component | package | size (MB = 2^20 bytes) | numeric check | latency |",
@@ -90,7 +125,7 @@ class ExportReport:
         if e2e.get("estimate"):
             est = e2e["estimate"]
             lines.append(f"Estimate (not a measurement): {est['ms']:.1f} ms = {est['formula']}, {est['label']}")
-        return "\n".join(lines)
+        return lines
 
 
 def _check_summary(check: dict) -> dict:
