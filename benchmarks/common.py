@@ -22,7 +22,8 @@ DEFAULT_OUT = "docs"
 # Section order of docs/benchmarks.md; each name is a script benchmarks/<name>.py.
 SECTIONS = ["unet_step", "vae_decoder", "end_to_end", "quality", "export_sizes"]
 # The plot each section draws: <out>/benchmarks/<section>_<plot>.png.
-PLOTS = {"unet_step": "stages", "vae_decoder": "bars", "end_to_end": "breakdown", "quality": "curve"}
+# the PNGs each section draws; a section with several gets them all as {key: path} in its plot function
+PLOTS = {"unet_step": "stages", "vae_decoder": "bars", "end_to_end": "breakdown", "quality": ("curve", "steps")}
 QUICK_NOTE = (
     "**Quick mode** (`--quick`): tiny widths and small latents, a smoke test of the script. "
     "These numbers say nothing about the real models."
@@ -206,7 +207,8 @@ class Outputs:
         self.name = name
         self.json = os.path.join(self.dir, f"{name}.json")
         self.md = os.path.join(self.dir, f"{name}.md")
-        plots = [PLOTS[name]] if name in PLOTS else []
+        plots = PLOTS.get(name, ())
+        plots = [plots] if isinstance(plots, str) else list(plots)
         self.pngs = {p: os.path.join(self.dir, f"{name}_{p}.png") for p in plots}
 
     def all(self) -> list[str]:
@@ -235,14 +237,15 @@ class Outputs:
 
 def run_section(name: str, argv, parse_args, run, markdown, plot=None) -> int:
     """``main`` of a section script: parse ``argv``, refuse to replace outputs without ``--overwrite`` (before any
-    work), ``res = run(args)``, draw ``plot(res, png)`` unless ``res["skipped"]``, write the JSON and markdown."""
+    work), ``res = run(args)``, draw ``plot(res, png)`` (``plot(res, {key: png})`` for a section with several PNGs)
+    unless ``res["skipped"]``, write the JSON and markdown."""
     args = parse_args(argv)
     setup(args)
     out = Outputs(args.out_dir, name)
     out.check(args.overwrite)
     res = run(args)
     if plot is not None and not res.get("skipped"):
-        plot(res, out.pngs[PLOTS[name]])
+        plot(res, out.pngs[PLOTS[name]] if isinstance(PLOTS[name], str) else out.pngs)
     out.write(res, markdown(res, out))
     return 0
 

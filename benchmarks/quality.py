@@ -4,6 +4,11 @@ Reads every ``<bundle>/eval/*.json`` and ``<bundle>/eval/*/results.json`` (or th
 per guidance scale a text-alignment score (the toy world's CLIP-score stand-in), an FID and its true-vs-true floor.
 Nothing is computed here; when no file is found the section says so and is skipped.
 
+The steps-vs-quality curve (``quality_steps.png``) reads ``<bundle>/eval/steps/<series>_<steps>.json``: each model's
+best FID and best alignment (over its evaluated guidance scales) against the UNet evaluations per image (steps x
+passes per step), e.g. the one-pass student at 1, 2, 4 and 8 steps against the teacher sampled by plain DDIM with
+CFG at the same number of UNet evaluations.
+
     python -m benchmarks.quality [--bundle bundle] [--eval-json FILE ...] [--out-dir docs] [--overwrite]
 """
 
@@ -26,6 +31,13 @@ PAPER_ROWS = [
     ("7.5", "0.303 / 18.8", "0.305 / 15.7"),
 ]
 
+
+# Series of the steps-vs-quality curve (file-name prefix in <bundle>/eval/steps/): legend, UNet passes per step.
+STEP_SERIES = {
+    "onepass": ("one-pass student (guidance as input)", 1),
+    "teacher": ("teacher, plain DDIM with CFG", 2),
+    "student": ("SnapFusion student, CFG", 2),
+}
 
 BUNDLE_HELP = "folder whose eval/ holds the JSON files (default: bundle)"
 # The files read instead of <bundle>/eval's: flag, metavar, help.
@@ -109,6 +121,7 @@ def run(args) -> dict:
             res["models"].append(read_eval(path))
         except ValueError as e:
             res["ignored"].append({"file": path, "reason": str(e)})
+    res["steps_curve"] = read_steps_curve(os.path.join(args.bundle, "eval", "steps"), res["ignored"])
     res["skipped"] = not res["models"]
     if res["skipped"]:
         where = ", ".join(args.eval_json) or f"{args.bundle}/eval/*.json or {args.bundle}/eval/*/results.json"
@@ -116,7 +129,56 @@ def run(args) -> dict:
     return res
 
 
-def plot(res: dict, path: str) -> None:
+def read_steps_curve(folder: str, ignored: list) -> dict[str, list[dict]]:
+    """Series name -> points (steps, UNet evaluations, best FID and alignment with their guidance), by steps."""
+    series: dict[str, list[dict]] = {}
+    for path in sorted(glob.glob(os.path.join(folder, "*_*.json"))):
+        name = os.path.basename(path)[: -len(".json")].rsplit("_", 1)[0]
+        try:
+            m = read_eval(path)
+            steps = int(m["steps"])
+        except (ValueError, TypeError) as e:
+            ignored.append({"file": path, "reason": str(e) or "no step count"})
+            continue
+        passes = STEP_SERIES.get(name, (name, 1))[1]
+        fid = min(m["rows"], key=lambda r: r["fid"])
+        align = max(m["rows"], key=lambda r: r["alignment"])
+        series.setdefault(name, []).append({
+            "file": path, "steps": steps, "unet_evaluations": steps * passes, "fid": fid["fid"],
+            "fid_guidance": fid["guidance"], "alignment": align["alignment"], "alignment_guidance": align["guidance"],
+        })  # fmt: skip
+    return {k: sorted(v, key=lambda p: p["steps"]) for k, v in series.items()}
+
+
+def plot_steps(res: dict, path: str) -> None:
+    """Best FID and best alignment against UNet evaluations per image, one line per series (points: steps)."""
+    plt = common.pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=110)
+    for name, points in res["steps_curve"].items():
+        label = STEP_SERIES.get(name, (name, 1))[0]
+        x = [p["unet_evaluations"] for p in points]
+        for ax, key in zip(axes, ("fid", "alignment")):
+            (line,) = ax.plot(x, [p[key] for p in points], "o-", label=label)
+            for p in points:
+                ax.annotate(f"{p['steps']} st", (p["unet_evaluations"], p[key]), textcoords="offset points",
+                            xytext=(3, 3), fontsize=7, color=line.get_color())  # fmt: skip
+    for ax, what in zip(axes, ("best FID (lower is better)", "best alignment (higher is better)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("UNet evaluations per image (steps x passes)")
+        ax.set_title(what, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    common.save_figure(fig, path)
+
+
+def plot(res: dict, paths: dict[str, str]) -> None:
+    """The FID-vs-alignment curve (``curve``) and, with data, the steps-vs-quality curve (``steps``)."""
+    if res.get("steps_curve"):
+        plot_steps(res, paths["steps"])
+    plot_curve(res, paths["curve"])
+
+
+def plot_curve(res: dict, path: str) -> None:
     plt = common.pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=110)
     for m in res["models"]:
@@ -180,6 +242,20 @@ def markdown(res: dict, out: common.Outputs) -> str:
         ]
         sources = ", ".join(f"`{m['file']}`" for m in res["models"])
         lines += [f"Sources: {sources}.", ""]
+    if res.get("steps_curve"):
+        rows = [[STEP_SERIES.get(name, (name, 1))[0], p["steps"], p["unet_evaluations"],
+                 f"{p['fid']:.1f} (CFG {p['fid_guidance']:g})", f"{p['alignment']:.4f} (CFG {p['alignment_guidance']:g})"]
+                for name, points in res["steps_curve"].items() for p in points]  # fmt: skip
+        lines += [
+            "### Steps vs quality",
+            "",
+            "Each model at its best evaluated guidance scale (per metric), from `<bundle>/eval/steps/`:",
+            "",
+            common.md_table(["model", "steps", "UNet evaluations", "best FID", "best alignment"], rows),
+            "",
+            f"![Steps vs quality]({out.png_link('steps')})",
+            "",
+        ]
     for ign in res["ignored"]:
         lines += [f"Ignored `{ign['file']}`: {ign['reason']}.", ""]
     lines += [

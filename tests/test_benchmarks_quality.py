@@ -32,3 +32,24 @@ def test_table_marks_the_best_fid_and_names_ignored_files(tmp_path):
     assert "| student | 8 | 2.5 | 0.2800 | 4.250 (best) | 1.500 |" in md
     assert "| student | 8 | 7.5 | 0.3100 | 6.000 | 1.500 |" in md
     assert f"Ignored `{tmp_path / 'broken.json'}`: cannot read it" in md
+
+
+def test_steps_curve_plots_best_quality_against_unet_evaluations(tmp_path):
+    steps_dir = tmp_path / "bundle" / "eval" / "steps"
+    steps_dir.mkdir(parents=True)
+    for name, steps, fid in (("onepass", 4, 240.0), ("onepass", 1, 300.0), ("teacher", 2, 400.0)):
+        rows = [{"guidance": 2.0, "alignment": 0.8, "fid": fid}, {"guidance": 3.0, "alignment": 0.9, "fid": fid + 5}]
+        (steps_dir / f"{name}_{steps}.json").write_text(json.dumps({"label": name, "steps": steps, "results": rows}))
+    (steps_dir / "teacher_x.json").write_text("{")
+    (steps_dir.parent / "onepass.json").write_text((steps_dir / "onepass_4.json").read_text())
+    out = tmp_path / "docs"
+    assert quality.main(["--bundle", str(tmp_path / "bundle"), "--out-dir", str(out)]) == 0
+    data = json.loads((out / "benchmarks" / "quality.json").read_text())
+    curve = data["steps_curve"]
+    assert [p["steps"] for p in curve["onepass"]] == [1, 4] and curve["teacher"][0]["unet_evaluations"] == 4
+    assert curve["onepass"][1] | {"file": None} == {"file": None, "steps": 4, "unet_evaluations": 4, "fid": 240.0,
+                                                    "fid_guidance": 2.0, "alignment": 0.9, "alignment_guidance": 3.0}
+    assert (out / "benchmarks" / "quality_steps.png").stat().st_size > 0
+    md = (out / "benchmarks" / "quality.md").read_text()
+    assert "| teacher, plain DDIM with CFG | 2 | 4 | 400.0 (CFG 2) | 0.9000 (CFG 3) |" in md
+    assert "teacher_x.json" in md  # the unreadable file is named
