@@ -80,7 +80,7 @@ def create_demo(teacher: str, student: str, device: str | None = None, dtype: st
         try:
             pipes[flag] = load_pipeline(model, device=device, dtype=dtype)
         except ModelLoadError as e:
-            hint = " (or start with --no-onepass)" if flag == "--onepass" else ""
+            hint = " Start with --no-onepass to run without it." if flag == "--onepass" else ""
             raise ModelLoadError(f"{flag}: {e}{hint}") from None
     if onepass is not None and not pipes["--onepass"].guidance_embedded:
         raise ModelLoadError(f"--onepass: {onepass} is not a one-pass model: its UNet does not take the guidance "

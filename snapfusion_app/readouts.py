@@ -50,12 +50,13 @@ def settings_text(timings: dict) -> str:
     return f"{timings['steps_run']} steps, {how}"
 
 
-def readout_markdown(timings: dict, guidance: float, device_text: str, notes: list[str]) -> str:
+def readout_markdown(timings: dict, guidance: float, device_text: str, notes: list[str], role: str = "") -> str:
     """Measured timings of one run as a small table (``timings`` from ``SnapFusionPipeline``), with the count of
-    UNet evaluations it made."""
+    UNet evaluations it made; ``role`` names the model that ran ("One-pass student")."""
     n, passes = timings["steps_run"], unet_passes(timings)
+    who = f"{html.escape(role)}: " if role else ""
     lines = [
-        f"**{n} steps · guidance {guidance:g}** · {timings['total_ms']:,.0f} ms in total",
+        f"**{who}{n} steps · guidance {guidance:g}** · {timings['total_ms']:,.0f} ms in total",
         "",
         "| part | measured |",
         "|---|---|",

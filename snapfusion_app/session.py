@@ -242,14 +242,11 @@ class CompareApp:
         if out.timings.get("interrupted") or cancel.is_set():
             raise Cancelled()
         readout = readouts.readout_markdown(out.timings, guidance, self.device_text,
-                                            self._notes(side, prompt, negative_prompt))  # fmt: skip
+                                            self._notes(side, prompt, negative_prompt), side.role)  # fmt: skip
         timings = dict(out.timings, guidance=guidance, seed=seed, model=side.name, role=side.role,
                        unet_evaluations=readouts.unet_evaluations(out.timings))  # fmt: skip
         run.done[key] = timings
-        image = out.images[0]
-        if key == "right":  # the label names the model that made the image (the choice may have changed meanwhile)
-            image = gr.update(value=image, label=image_label(side))
-        yield "done", image, readout, timings
+        yield "done", out.images[0], readout, timings
 
     # -- handlers
 

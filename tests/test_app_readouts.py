@@ -80,7 +80,8 @@ def test_one_pass_readout_banner_and_settings_count_one_unet_pass_per_step():
     """A guidance-embedded UNet (the one-pass student): no CFG batch, the guidance scale is a network input."""
     onepass = dict(t(40.0, 30.0, 4, cfg=False, guidance=4.5), guidance_embedded=True, text_encoder_ms=5.0,
                    unet_ms_mean=7.5, decoder_ms=5.0)  # fmt: skip
-    text = readouts.readout_markdown(onepass, 4.5, "cpu", [])
+    text = readouts.readout_markdown(onepass, 4.5, "cpu", [], "One-pass student")
+    assert text.splitlines()[0] == "**One-pass student: 4 steps · guidance 4.5** · 40 ms in total"
     assert "| UNet | 7.5 ms/step × 4 steps = 30 ms (1 pass per step, guidance as input) |" in text, text
     assert "UNet evaluations: 4 steps × 1 pass per step = **4** for this image" in text
     assert readouts.settings_text(onepass) == "4 steps, guidance 4.5 as input"

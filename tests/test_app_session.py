@@ -250,3 +250,111 @@ def test_cancel_touches_only_its_own_session(served):
     next(gen)  # started
     assert app_.cancel(other) == (gr.skip(), gr.skip(), gr.skip())
     assert list(gen)[-1][6]["right"]["steps_run"] == 2  # ran to the end
+
+
+# ------------------------------------------------------------------------------------------------- one-pass student
+
+
+def test_the_one_pass_student_on_the_right_runs_one_unet_pass_per_step(client):
+    """right_model="onepass": the guidance-embedded student (4 steps, guidance as input, no CFG batch) on the right,
+    the same measured readouts and banner; the left side is the same baseline."""
+    l_img, l_text, r_img, r_text, banner, seed, data = compare(client, seed=4, right_model="onepass", right_steps=4,
+                                                               right_guidance=4.5)  # fmt: skip
+    right = data["right"]
+    assert right["guidance_embedded"] is True and right["cfg"] is False and right["steps_run"] == 4
+    assert right["unet_evaluations"] == 4 and right["role"] == "One-pass student"
+    assert right["model"].startswith("Tiny one-pass student (")
+    assert data["left"]["unet_evaluations"] == 2 * STEPS["left_steps"] and data["left"]["role"] == "Baseline"
+    assert "(1 pass per step, guidance as input)" in r_text and "**4** for this image" in r_text
+    assert "(CFG: 2 passes per step, one batch of 2)" in l_text
+    assert "Right side (4 steps, guidance 4.5 as input) is" in banner and "than the left side (4 steps, CFG 7.5)" in banner
+    assert "UNet evaluations per image 8 → 4" in banner
+    assert data["speedup"]["total"] == pytest.approx(data["left"]["total_ms"] / right["total_ms"])
+    # the default (no right_model: an API caller from before) is still the SnapFusion student, and the one-pass
+    # student's image differs from it
+    student = compare(client, seed=4, right_steps=4, right_guidance=4.5)
+    assert student[6]["right"]["role"] == "SnapFusion student" and student[6]["right"]["cfg"] is True
+    assert not np.array_equal(pixels(student[2]), pixels(r_img))
+    np.testing.assert_array_equal(pixels(student[0]), pixels(l_img))  # same left side
+    # the guidance scale is an input of the network: another scale, another image
+    other = compare(client, seed=4, right_model="onepass", right_steps=4, right_guidance=2.0)
+    assert not np.array_equal(pixels(other[2]), pixels(r_img))
+
+
+def test_the_right_side_alone_with_the_one_pass_student(client):
+    alone = client.predict("a big red circle", "", 9, False, 4, 4.5, "onepass", api_name="/right")
+    assert alone[4]["right"]["guidance_embedded"] is True and "1 pass per step" in alone[1]
+    positional = client.predict("a big red circle", "", 9, False, 2, 4.5, api_name="/right")  # without the choice
+    assert positional[4]["right"]["role"] == "SnapFusion student"
+    left = client.predict("a big red circle", "", 9, False, 4, 7.5, api_name="/left")  # compares with the last right
+    assert "Right side (2 steps, CFG 4.5) is" in left[2] and "run separately" in left[2]
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ({"right_guidance": 9.0},
+         "guidance (right) must be a number in [1, 8] (the range the one-pass student was trained on); got 9.0."),
+        ({"right_guidance": 0.5},
+         "guidance (right) must be a number in [1, 8] (the range the one-pass student was trained on); got 0.5."),
+        ({"negative": "blurry"},
+         "negative prompt: the one-pass student on the right takes the guidance scale as an input and runs one UNet "
+         "pass per step, with no unconditional branch, so a negative prompt has no effect on it. Leave the negative "
+         "prompt empty."),
+        ({"right_model": "third"}, "right model must be one of student, onepass; got 'third'."),
+        ({"right_model": 1}, "right model must be one of student, onepass; got 1."),
+    ],
+)
+def test_bad_input_for_the_one_pass_student(client, override, expected):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as info:
+        compare(client, **dict({"right_model": "onepass", "right_steps": 4, "right_guidance": 4.5}, **override))
+    assert str(info.value) == expected
+
+
+def test_a_guidance_the_student_takes_is_refused_only_for_the_one_pass_student(served):
+    app_ = served[1].snapfusion
+    assert app_.check_side("right", 8, 12.0) == (8, 12.0)  # the SnapFusion student: CFG, [1, 20]
+    with pytest.raises(ValueError, match=r"\[1, 8\] \(the range the one-pass student was trained on\); got 12.0"):
+        app_.check_side("right", 8, 12.0, "onepass")
+    app_.check_negative(app_.side("right"), "blurry")  # the student has an unconditional branch: allowed
+    app_.check_negative(app_.side("right", "onepass"), "  ")  # blank is empty
+
+
+def test_choosing_the_right_model_updates_that_sides_controls_only(served):
+    app_ = served[1].snapfusion
+    header, steps, guidance, image, readout, banner, negative = app_.choose_right("onepass")
+    assert header.startswith("### ➡ Right · One-pass student: 4 steps · guidance 4.5\n`Tiny one-pass student (")
+    assert steps["value"] == 4 and (guidance["minimum"], guidance["maximum"], guidance["value"]) == (1.0, 8.0, 4.5)
+    assert guidance["info"] == "an input of the UNet, trained on [1, 8]"
+    assert image["value"] is None and image["label"].startswith("Right · One-pass student: Tiny one-pass student (")
+    assert readout == "*Right · One-pass student: latency readout appears here.*"
+    assert "one-pass student" in banner and "faster" not in banner
+    assert negative["info"].startswith("Not used by the one-pass student")
+    header, steps, guidance, image, *_, negative = app_.choose_right("student")
+    assert header.startswith("### ➡ Right · SnapFusion student: 8 steps · guidance 4.5\n`Tiny student (")
+    assert steps["value"] == 8 and (guidance["minimum"], guidance["maximum"]) == (1.0, 20.0)
+    assert guidance["info"] == "≤ 1 turns CFG off" and negative["info"] == ""
+    assert app_.header("right", 4, 2.0, "onepass").startswith("### ➡ Right · One-pass student: 4 steps · guidance 2")
+    with pytest.raises(ValueError, match="guidance \\(right\\) must be a number in \\[1, 8\\]"):
+        app_.header("right", 4, 12.0, "onepass")
+    # a choice is an input of the visitor's calls: nothing on the server changed
+    assert app_.side("right").role == "SnapFusion student" and app_.sides["right"].role == "SnapFusion student"
+
+
+def test_without_a_one_pass_model_the_choice_is_hidden_and_refused(tmp_path, model_dirs):
+    import app
+
+    demo = app.create_demo(*model_dirs, warmup=False)
+    try:
+        app_ = demo.snapfusion
+        assert list(app_.right_models) == ["student"] and list(app_.models) == ["left", "right"]
+        radio = next(c for c in demo.config["components"] if c.get("props", {}).get("elem_id") == "right-model")
+        assert radio["props"]["visible"] is False
+        with pytest.raises(ValueError) as info:
+            app_.check_right_model("onepass")
+        assert str(info.value) == "right model 'onepass' (one-pass student) is not loaded on this server; choose 'student'."
+        assert app_.check_right_model(None) == "student"
+    finally:
+        demo.close()

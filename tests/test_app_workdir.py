@@ -30,7 +30,8 @@ def test_killed_app_leaves_no_temp_folder_and_removes_a_dead_ones(model_dirs, tm
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", TMPDIR=str(tmp),
                GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), SNAPFUSION_TEACHER=model_dirs[0],
-               SNAPFUSION_STUDENT=model_dirs[1], GRADIO_TEMP_DIR=str(tmp_path / "gradio"))  # fmt: skip
+               SNAPFUSION_STUDENT=model_dirs[1], SNAPFUSION_NO_ONEPASS="1",
+               GRADIO_TEMP_DIR=str(tmp_path / "gradio"))  # fmt: skip
     proc = subprocess.Popen([sys.executable, "app.py", "--no-warmup"], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:

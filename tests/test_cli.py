@@ -145,3 +145,32 @@ def test_thread_choice(monkeypatch):
         assert set_num_threads() == 1  # OMP_NUM_THREADS set: torch already follows it
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def onepass(tmp_path_factory):
+    """A tiny one-pass student: guidance as a UNet input, trained range [1, 8], 4 steps by default."""
+    from pipelines.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline(0, time_cond_proj_dim=8)
+    pipe.register_to_config(guidance_scale_range=[1.0, 8.0], default_num_inference_steps=4)
+    path = tmp_path_factory.mktemp("cli") / "onepass"
+    pipe.save_pretrained(path)
+    return str(path)
+
+
+def test_generate_with_the_one_pass_student_and_its_refusals(onepass, tmp_path, capsys):
+    args = ["generate", "--model", onepass, "--prompt", "a red circle", "--threads", "1"]
+    code, out, err = main([*args, "--guidance", "4.5", "--out", str(tmp_path / "e.png")], capsys)
+    assert code == 0, err
+    assert "x 4 steps" in out and "(one pass, guidance as input)" in out and "CFG" not in out
+    assert (tmp_path / "e.png").exists()
+    code, _, err = main([*args, "--guidance", "9", "--out", str(tmp_path / "f.png")], capsys)
+    assert one_line(code, err) == ("error: --guidance 9 is outside the range this guidance-embedded model was trained "
+                                   "on, [1, 8].")  # fmt: skip
+    code, _, err = main([*args, "--negative-prompt", "blurry", "--out", str(tmp_path / "f.png")], capsys)
+    assert one_line(code, err) == (
+        "error: --negative-prompt: this model takes the guidance scale as an input and runs one UNet pass per step, "
+        "with no unconditional branch: a negative prompt has no effect. Leave it out."
+    )
+    assert not (tmp_path / "f.png").exists()
