@@ -101,3 +101,18 @@ def test_a_config_names_the_vars_it_needs(tmp_path):
     with pytest.raises(StageError, match=r"needs --var clip=\.\.\. \(a local transformers CLIP folder"):
         main(args)
     assert not (tmp_path / "o").exists()
+
+
+def test_stages_in_one_process_may_differ_in_mixed_precision():
+    """The recipe runs its stages in-process: a bf16 stage after an fp32 one (sd15-proof's robust stage)."""
+    from accelerate import Accelerator
+
+    from training.recipe import fresh_accelerator_state
+
+    fresh_accelerator_state()
+    assert Accelerator(mixed_precision="no", cpu=True).mixed_precision == "no"
+    with pytest.raises(ValueError, match="already been initialized"):
+        Accelerator(mixed_precision="bf16", cpu=True)
+    fresh_accelerator_state()
+    assert Accelerator(mixed_precision="bf16", cpu=True).mixed_precision == "bf16"
+    fresh_accelerator_state()

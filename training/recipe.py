@@ -130,6 +130,16 @@ def main(args):
             release_output(out)
 
 
+def fresh_accelerator_state() -> None:
+    """Forget the previous stage's accelerate settings (mixed precision, gradient accumulation), which accelerate
+    keeps process-wide, so that each stage run in this process makes its own ``Accelerator``; the process group
+    (``PartialState``) is kept."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+
+
 def run_stages(config: dict, out: Path, values: dict, only: set | None) -> Path:
     """Each stage of ``config`` in order into ``out/<name>``: complete ones skipped, interrupted ones resumed."""
     (out / "recipe.json").write_text(json.dumps({k: v for k, v in config.items() if k != "_path"}, indent=2))
@@ -154,6 +164,7 @@ def run_stages(config: dict, out: Path, values: dict, only: set | None) -> Path:
         print(f"[recipe] {s['name']}: python -m training.{s['module']} {' '.join(argv)}", flush=True)
         t0 = time.time()
         module = importlib.import_module(f"training.{s['module']}")
+        fresh_accelerator_state()
         reset_peak_memory()
         module.main(module.parse_args(argv))
         # the stage's own clock (its kept time across resumes) when it has one, else this process's wall time
