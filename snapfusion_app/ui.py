@@ -90,7 +90,8 @@ def build_demo(teacher: SnapFusionPipeline, student: SnapFusionPipeline, teacher
             with gr.Row():
                 prompt = gr.Textbox(label="Prompt", value=EXAMPLES[0], max_length=MAX_PROMPT_CHARS, scale=4,
                                     elem_id="prompt")  # fmt: skip
-                negative = gr.Textbox(label="Negative prompt", value="", max_length=MAX_PROMPT_CHARS, scale=2)
+                negative = gr.Textbox(label="Negative prompt", value="", max_length=MAX_PROMPT_CHARS, scale=2,
+                                      elem_id="negative")  # fmt: skip
             with gr.Row():
                 seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED - 1, scale=1)
                 randomize = gr.Checkbox(label="Randomize seed", value=False, scale=1)
@@ -172,8 +173,11 @@ def build_demo(teacher: SnapFusionPipeline, student: SnapFusionPipeline, teacher
 
         with gr.Tab("Export"):
             gr.Markdown(
-                "Convert one side to Core ML (one `.mlpackage` per component, for iPhone / Mac apps). Each export is "
-                "checked numerically against PyTorch; the report shows the check and the latency readout. "
+                "Convert one side to Core ML (one `.mlpackage` per component, for iPhone / Mac apps) and / or "
+                "ExecuTorch (one `.pte` per component, XNNPACK CPU delegate, for iOS and Android). Each export is "
+                "checked numerically against PyTorch (ExecuTorch files in the ExecuTorch runtime itself); the report "
+                "shows the check and the latency readout of each format. The denoiser carries the sampler: run it "
+                "with `python -m export.run FOLDER --prompt P`. "
                 f"Only the newest {export_keep} exports stay on the server."
             )
             with gr.Row():
@@ -181,17 +185,20 @@ def build_demo(teacher: SnapFusionPipeline, student: SnapFusionPipeline, teacher
                                  value="right", label="Model")  # fmt: skip
                 comps = gr.CheckboxGroup(list(COMPONENTS), value=list(COMPONENTS), label="Components")
             with gr.Row():
-                precision = gr.Radio(list(PRECISIONS), value="fp16", label="Precision")
-                quantize = gr.Radio(list(QUANTIZE_CHOICES), value="none", label="Palettization (bits)",
-                                    info="6 bits is the lowest recommended without retraining")  # fmt: skip
-                attention = gr.Radio(list(ATTENTION_VARIANTS), value="split_einsum", label="Attention",
+                fmt = gr.Radio([("Core ML", "coreml"), ("ExecuTorch", "executorch"), ("Both", "both")],
+                               value="coreml", label="Format")  # fmt: skip
+                precision = gr.Radio(list(PRECISIONS), value="fp16", label="Precision (Core ML)")
+                quantize = gr.Radio(list(QUANTIZE_CHOICES), value="none", label="Quantization",
+                                    info="Core ML: palettization bits (6 is the lowest recommended without "
+                                         "retraining); ExecuTorch: int8")  # fmt: skip
+                attention = gr.Radio(list(ATTENTION_VARIANTS), value="split_einsum", label="Attention (Core ML)",
                                      info="split_einsum: Neural Engine; original: GPU")  # fmt: skip
-            export_btn = gr.Button("Export to Core ML", variant="primary")
-            export_file = gr.File(label="Core ML zip", interactive=False)
+            export_btn = gr.Button("Export", variant="primary")
+            export_file = gr.File(label="Export zip", interactive=False)
             export_report = gr.Markdown()
             export_json = gr.JSON(label="Export report (JSON)", open=False)
             export_btn.click(
-                user_errors(_export_handler(exporter)), inputs=[model, comps, precision, quantize, attention],
+                user_errors(_export_handler(exporter)), inputs=[model, comps, precision, quantize, attention, fmt],
                 outputs=[export_file, export_report, export_json], api_name="export", preprocess=False,
                 concurrency_id=GROUP, concurrency_limit=1,
             )  # fmt: skip
@@ -223,9 +230,9 @@ def _one_side_handler(app: CompareApp, key: str) -> Callable:
 
 
 def _export_handler(exporter: Exporter) -> Callable:
-    def export(model, components, precision, quantize, attention, request: gr.Request = None,
+    def export(model, components, precision, quantize, attention, fmt="coreml", request: gr.Request = None,
                progress=gr.Progress()):  # fmt: skip
-        return exporter(model, components, precision, quantize, attention, request, progress)
+        return exporter(model, components, precision, quantize, attention, fmt, request, progress)
 
     export.__doc__ = exporter.__call__.__doc__
     return export

@@ -1,11 +1,13 @@
 """A real browser (Debian's chromium, driven by Playwright) uses the app: type a prompt, press the button, wait for
-both images and the measured readouts, save a screenshot; cancel a run; type a number out of range.
+both images and the measured readouts, save a screenshot; put the one-pass student on the right; cancel a run; type
+a number out of range.
 
     SNAPFUSION_APP_SCREENSHOT=docs/app_screenshot.png pytest tests/test_browser.py -m browser   # docs screenshot
     SNAPFUSION_TEACHER=bundle/teacher SNAPFUSION_STUDENT=bundle/student ...                      # on the bundle
+    SNAPFUSION_ONEPASS=bundle/onepass ...                                                         # and its one-pass
 
-Without SNAPFUSION_TEACHER / SNAPFUSION_STUDENT it runs on tiny models built in-process. Chromium: `apt-get install
-chromium` on Debian (what .ci/run does).
+Without SNAPFUSION_TEACHER / SNAPFUSION_STUDENT it runs on tiny models built in-process (with a tiny one-pass
+student). Chromium: `apt-get install chromium` on Debian (what .ci/run does).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from app_helpers import launch, make_model_dirs
+from app_helpers import launch, make_model_dirs, make_onepass_dir
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -40,10 +42,12 @@ def url(model_dirs):
     import app
 
     teacher, student = os.environ.get("SNAPFUSION_TEACHER"), os.environ.get("SNAPFUSION_STUDENT")
+    onepass = os.environ.get("SNAPFUSION_ONEPASS")
     if not (teacher and student):
         teacher, student = model_dirs
-    demo = app.create_demo(teacher, student)
-    yield launch(demo), demo.snapfusion.sides
+        onepass = make_onepass_dir(Path(teacher).parent)
+    demo = app.create_demo(teacher, student, onepass=onepass)
+    yield launch(demo), demo.snapfusion.models
     demo.close()
 
 
@@ -114,6 +118,44 @@ def test_a_visitor_compares_both_sides_in_a_real_browser(url, tmp_path):
         page.screenshot(path=str(shot), full_page=False)
         assert page.server_errors == []
     assert shot.stat().st_size > 10_000
+
+
+def test_a_visitor_puts_the_one_pass_student_on_the_right(url):
+    from playwright.sync_api import expect
+
+    url, sides = url
+    if "onepass" not in sides:
+        pytest.skip("no one-pass student loaded (set SNAPFUSION_ONEPASS with SNAPFUSION_TEACHER / _STUDENT)")
+    onepass = sides["onepass"]
+    low, high = onepass.guidance_range
+    with browser_page() as page:
+        page.goto(url, wait_until="networkidle")
+        box = page.locator("#right-guidance input[type=number]")
+        box.fill("12")  # allowed for the SnapFusion student (CFG), outside the one-pass student's trained range
+        box.press("Enter")
+        expect(page.locator("#right-header")).to_contain_text("guidance 12")
+        page.locator("#right-model").get_by_text("One-pass student").click()
+        expect(page.locator("#right-header")).to_contain_text(f"One-pass student: {onepass.default_steps} steps")
+        expect(box).to_have_value(f"{onepass.default_guidance:g}")
+        time.sleep(1)
+        expect(page.get_by_text("must be a number in")).to_have_count(0)  # the switch raised no error
+        expect(page.locator("#right-guidance")).to_contain_text(f"trained on [{low:g}, {high:g}]")
+        assert page.locator("#right-guidance input[type=number]").get_attribute("max") == f"{high:g}"
+        expect(page.get_by_text("Not used by the one-pass student")).to_be_visible()
+        page.locator("#generate").click()
+        expect(page.locator("#right-readout")).to_contain_text("1 pass per step, guidance as input", timeout=300_000)
+        expect(page.locator("#speedup")).to_contain_text(f"Right side ({onepass.default_steps} steps, guidance "
+                                                         f"{onepass.default_guidance:g} as input) is",
+                                                         timeout=300_000)  # fmt: skip
+        expect(page.locator("#speedup")).to_contain_text("UNet evaluations per image")
+        page.locator("#negative textarea").fill("blurry")
+        page.locator("#generate").click()
+        expect(page.get_by_text("a negative prompt has no effect on it")).to_be_visible(timeout=30_000)
+        page.locator("#negative textarea").fill("")
+        page.locator("#right-model").get_by_text("SnapFusion student").click()  # back: the student's controls
+        expect(page.locator("#right-header")).to_contain_text(f"SnapFusion student: {sides['right'].default_steps} steps")
+        assert page.locator("#right-guidance input[type=number]").get_attribute("max") == "20"
+        assert page.server_errors == []
 
 
 def test_cancel_during_generate_both_says_cancelled_on_the_page(slow_url):
