@@ -83,9 +83,9 @@ class CompareApp:
 
     @property
     def limit_note(self) -> str:
-        limits = {"left": self.sides["left"].token_limit} | {
-            ("right" if k == STUDENT else f"right, {s.role.lower()}"): s.token_limit for k, s in self.right_models.items()
-        }  # fmt: skip
+        limits = {"left": self.sides["left"].token_limit}
+        for k, s in self.right_models.items():
+            limits["right" if k == STUDENT else f"right, {s.role.lower()}"] = s.token_limit
         return token_limit_note(limits)
 
     def side(self, key: str, right_model=STUDENT) -> Side:
@@ -151,8 +151,10 @@ class CompareApp:
             gr.update(value=side.default_guidance, minimum=low, maximum=high, info=side.guidance_info),
             gr.update(value=None, label=image_label(side)),
             f"*{side.label}: latency readout appears here.*",
-            readouts.waiting_html(f"Right side: the {html.escape(side.role.lower())} <code>{html.escape(side.name)}"
-                                  "</code>. Press <b>Generate both</b> to see its speed-up."),  # fmt: skip
+            readouts.waiting_html(
+                f"Right side: the {html.escape(side.role.lower())} <code>{html.escape(side.name)}"
+                "</code>. Press <b>Generate both</b> to see its speed-up."
+            ),  # fmt: skip
             gr.update(info=negative_info),
         )
 

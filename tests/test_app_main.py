@@ -76,7 +76,8 @@ def test_python_app_py_serves_on_gradio_server_name_and_port(model_dirs, onepass
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
                GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), SNAPFUSION_TEACHER=model_dirs[0],
-               SNAPFUSION_STUDENT=model_dirs[1], SNAPFUSION_ONEPASS=onepass_dir, SNAPFUSION_NUM_THREADS="1")  # fmt: skip
+               SNAPFUSION_STUDENT=model_dirs[1], SNAPFUSION_ONEPASS=onepass_dir,
+               SNAPFUSION_NUM_THREADS="1")  # fmt: skip
     proc = subprocess.Popen([sys.executable, "app.py", "--no-warmup"], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
@@ -84,7 +85,8 @@ def test_python_app_py_serves_on_gradio_server_name_and_port(model_dirs, onepass
         api_names = {d.get("api_name") for d in config["dependencies"]}
         assert {"compare", "export", "left", "right"} <= api_names
         radio = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "right-model")
-        assert radio["props"]["visible"] is True and [v for _, v in radio["props"]["choices"]] == ["student", "onepass"]
+        assert radio["props"]["visible"] is True
+        assert [value for _, value in radio["props"]["choices"]] == ["student", "onepass"]
     finally:
         proc.terminate()
         out = proc.communicate(timeout=30)[0]

@@ -84,4 +84,5 @@ def test_models_are_described_from_their_modules():
     student = SnapFusionPipeline(**tiny_components(0, unet="efficient", compressed_decoder=True))
     assert describe(student) == "efficient UNet, compressed decoder"
     onepass = SnapFusionPipeline(**tiny_components(0, compressed_decoder=True, time_cond_proj_dim=8))
-    assert describe(onepass) == "efficient UNet with the guidance scale as an input (one pass per step), compressed decoder"
+    assert describe(onepass) == ("efficient UNet with the guidance scale as an input (one pass per step), "
+                                 "compressed decoder")

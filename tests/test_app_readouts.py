@@ -64,7 +64,8 @@ def test_readout_table_and_progress():
     text = readouts.readout_markdown(timings, 7.5, "cpu (2 cores)", ["Empty prompt."])
     assert text.splitlines()[0] == "**4 steps · guidance 7.5** · 1,234 ms in total"
     assert "| UNet | 250.0 ms/step × 4 steps = 1,000 ms (CFG: 2 passes per step, one batch of 2) |" in text
-    assert "UNet evaluations: 4 steps × 2 passes per step = **8** for this image (a count, not a measurement)." in text
+    assert "UNet evaluations: 4 steps × 2 passes per step = **8** for this image (a count, not a measurement)." \
+        in text
     assert "| text encoder | 12.3 ms |" in text and text.endswith("> Empty prompt.")
     assert readouts.running_markdown(5, 10, 1.25).startswith("**Running: step 5/10** · 1.2 s so far")
     assert "`" + "█" * 10 + "░" * 10 + "`" in readouts.running_markdown(5, 10, 1.25)

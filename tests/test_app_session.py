@@ -267,7 +267,8 @@ def test_the_one_pass_student_on_the_right_runs_one_unet_pass_per_step(client):
     assert data["left"]["unet_evaluations"] == 2 * STEPS["left_steps"] and data["left"]["role"] == "Baseline"
     assert "(1 pass per step, guidance as input)" in r_text and "**4** for this image" in r_text
     assert "(CFG: 2 passes per step, one batch of 2)" in l_text
-    assert "Right side (4 steps, guidance 4.5 as input) is" in banner and "than the left side (4 steps, CFG 7.5)" in banner
+    assert "Right side (4 steps, guidance 4.5 as input) is" in banner
+    assert "than the left side (4 steps, CFG 7.5)" in banner
     assert "UNet evaluations per image 8 → 4" in banner
     assert data["speedup"]["total"] == pytest.approx(data["left"]["total_ms"] / right["total_ms"])
     # the default (no right_model: an API caller from before) is still the SnapFusion student, and the one-pass
@@ -336,7 +337,8 @@ def test_choosing_the_right_model_updates_that_sides_controls_only(served):
     assert header.startswith("### ➡ Right · SnapFusion student: 8 steps · guidance 4.5\n`Tiny student (")
     assert steps["value"] == 8 and (guidance["minimum"], guidance["maximum"]) == (1.0, 20.0)
     assert guidance["info"] == "≤ 1 turns CFG off" and negative["info"] == ""
-    assert app_.header("right", 4, 2.0, "onepass").startswith("### ➡ Right · One-pass student: 4 steps · guidance 2")
+    header = app_.header("right", 4, 2.0, "onepass")
+    assert header.startswith("### ➡ Right · One-pass student: 4 steps · guidance 2")
     with pytest.raises(ValueError, match="guidance \\(right\\) must be a number in \\[1, 8\\]"):
         app_.header("right", 4, 12.0, "onepass")
     # a choice is an input of the visitor's calls: nothing on the server changed
@@ -354,7 +356,8 @@ def test_without_a_one_pass_model_the_choice_is_hidden_and_refused(tmp_path, mod
         assert radio["props"]["visible"] is False
         with pytest.raises(ValueError) as info:
             app_.check_right_model("onepass")
-        assert str(info.value) == "right model 'onepass' (one-pass student) is not loaded on this server; choose 'student'."
+        assert str(info.value) == ("right model 'onepass' (one-pass student) is not loaded on this server; choose "
+                                   "'student'.")
         assert app_.check_right_model(None) == "student"
     finally:
         demo.close()

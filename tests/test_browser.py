@@ -153,7 +153,8 @@ def test_a_visitor_puts_the_one_pass_student_on_the_right(url):
         expect(page.get_by_text("a negative prompt has no effect on it")).to_be_visible(timeout=30_000)
         page.locator("#negative textarea").fill("")
         page.locator("#right-model").get_by_text("SnapFusion student").click()  # back: the student's controls
-        expect(page.locator("#right-header")).to_contain_text(f"SnapFusion student: {sides['right'].default_steps} steps")
+        student_steps = sides["right"].default_steps
+        expect(page.locator("#right-header")).to_contain_text(f"SnapFusion student: {student_steps} steps")
         assert page.locator("#right-guidance input[type=number]").get_attribute("max") == "20"
         assert page.server_errors == []
 
