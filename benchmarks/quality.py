@@ -244,7 +244,8 @@ def markdown(res: dict, out: common.Outputs) -> str:
         lines += [f"Sources: {sources}.", ""]
     if res.get("steps_curve"):
         rows = [[STEP_SERIES.get(name, (name, 1))[0], p["steps"], p["unet_evaluations"],
-                 f"{p['fid']:.1f} (CFG {p['fid_guidance']:g})", f"{p['alignment']:.4f} (CFG {p['alignment_guidance']:g})"]
+                 f"{p['fid']:.1f} (CFG {p['fid_guidance']:g})",
+                 f"{p['alignment']:.4f} (CFG {p['alignment_guidance']:g})"]
                 for name, points in res["steps_curve"].items() for p in points]  # fmt: skip
         lines += [
             "### Steps vs quality",

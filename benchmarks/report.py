@@ -107,7 +107,8 @@ def headline_rows(out_dir: str) -> list[list]:
                 o, least = b["models"]["onepass"], b["onepass_target"]["speedup_min"]
                 rows.append(
                     [
-                        f"Bundle, one-pass student {o['steps']} steps vs teacher {t['steps']} steps ({o['image'][0]}px)",
+                        f"Bundle, one-pass student {o['steps']} steps vs teacher {t['steps']} steps "
+                        f"({o['image'][0]}px)",
                         f"{b['onepass_speedup']:.1f}x ({o['total_ms']:,.0f} vs {t['total_ms']:,.0f} ms)",
                         f">= {least:g}x",
                         _verdict(b["onepass_target"]["met"], f"{least - b['onepass_speedup']:.1f}x short"),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusers import LatentConsistencyModelPipeline, UNet2DConditionModel
+from diffusers import LatentConsistencyModelPipeline
 from pipelines import EfficientUNet2DConditionModel
 from pipelines.guidance import add_guidance_embedding, guidance_scale_embedding, is_guidance_embedded
 from pipelines.tiny import tiny_efficient_unet, tiny_pipeline, tiny_stock_unet

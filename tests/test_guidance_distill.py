@@ -11,7 +11,6 @@ from training_helpers import fit, fixed_batch, save_teacher
 
 from pipelines.guidance import add_guidance_embedding
 from pipelines.loading import load_pipeline
-from pipelines.schedulers import ddim_scheduler
 from pipelines.tiny import tiny_components
 from training.common import StageError
 from training.distill import distillation_loss, step_grids, trailing_grid

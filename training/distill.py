@@ -180,6 +180,30 @@ def distillation_loss(s_unet, t_unet, x0, noise, cond, uncond, k, w, grid, r, al
 # ---------------------------------------------------------------------- the stage
 
 
+def prepare_student(loop: TrainLoop, args, teacher_pipe, s_unet):
+    """The teacher's VAE, text encoder and UNet frozen on the loop's device; the student in training mode with its
+    optimizer and the data, prepared by the loop. Returns (student, loader, alphas_cumprod, empty-caption text
+    states (1, L, D)) for a distillation stage (this one, ``training.guidance_distill``)."""
+    device = loop.device
+    for m in (teacher_pipe.vae, teacher_pipe.text_encoder, teacher_pipe.unet):
+        m.requires_grad_(False).eval().to(device)
+    if isinstance(s_unet, EfficientUNet2DConditionModel):
+        s_unet.set_block_keep_prob(1.0)
+    if args.gradient_checkpointing:
+        s_unet.enable_gradient_checkpointing()
+    s_unet.train()
+    optimizer = make_optimizer(s_unet.parameters(), args)
+    dataset = make_dataset(args.data, args.resolution, seed=args.seed + 7, image_column=args.image_column,
+                           caption_column=args.caption_column)  # fmt: skip
+    s_unet, loader = loop.prepare(s_unet, optimizer, make_dataloader(dataset, args.batch_size, args.num_workers))
+    tokenizer = teacher_pipe.tokenizer
+    with torch.no_grad():
+        empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
+                          return_tensors="pt").input_ids.to(device)  # fmt: skip
+        uncond_1 = teacher_pipe.text_encoder(empty)[0]
+    return s_unet, loader, teacher_pipe.scheduler.alphas_cumprod.to(device), uncond_1
+
+
 def main(args):
     validate_common_args(args)
     if not 0.0 <= args.cfg_prob <= 1.0:
@@ -224,26 +248,11 @@ def main(args):
     loop = TrainLoop(args, STAGE, {"teacher_grid": teacher_grid, "student_grid": student_grid})
     device = loop.device
     vae, text_encoder, tokenizer = teacher_pipe.vae, teacher_pipe.text_encoder, teacher_pipe.tokenizer
-    for m in (vae, text_encoder, t_unet):
-        m.requires_grad_(False).eval().to(device)
-    if isinstance(s_unet, EfficientUNet2DConditionModel):
-        s_unet.set_block_keep_prob(1.0)
-    if args.gradient_checkpointing:
-        s_unet.enable_gradient_checkpointing()
-    s_unet.train()
 
     # 2. optimizer, data
-    optimizer = make_optimizer(s_unet.parameters(), args)
-    dataset = make_dataset(args.data, args.resolution, seed=args.seed + 7, image_column=args.image_column,
-                           caption_column=args.caption_column)  # fmt: skip
-    s_unet, loader = loop.prepare(s_unet, optimizer, make_dataloader(dataset, args.batch_size, args.num_workers))
+    s_unet, loader, ac, uncond_1 = prepare_student(loop, args, teacher_pipe, s_unet)
     rng = loop.random  # CFG-aware or vanilla loss, caption dropout
-    ac = teacher_pipe.scheduler.alphas_cumprod.to(device)
     grid = teacher_grid + [-1]  # -1: the clean end of the last step
-    with torch.no_grad():
-        empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
-                          return_tensors="pt").input_ids.to(device)  # fmt: skip
-        uncond_1 = text_encoder(empty)[0]  # (1, L, D)
 
     # 3. training loop: CFG-aware (probability --cfg-prob) or vanilla distillation loss of a batch
     def loss_fn(batch):

@@ -22,13 +22,13 @@ import argparse
 import torch
 
 from diffusers import DDIMScheduler
-from pipelines import EfficientUNet2DConditionModel, SnapFusionPipeline
+from pipelines import SnapFusionPipeline
 from pipelines.guidance import add_guidance_embedding, is_guidance_embedded
 
 from .common import StageError, add_common_args, run_cli, validate_common_args
-from .data import add_data_args, infinite, make_dataloader, make_dataset
-from .distill import alpha_sigma, check_teacher_grid, guided, snr_weight_truncated, trailing_grid
-from .loop import TrainLoop, make_optimizer
+from .data import add_data_args, infinite
+from .distill import alpha_sigma, check_teacher_grid, guided, prepare_student, snr_weight_truncated, trailing_grid
+from .loop import TrainLoop
 from .models import load_stage_pipeline
 
 STAGE = "guidance_distill"
@@ -101,25 +101,10 @@ def main(args):
     loop = TrainLoop(args, STAGE, {"grid": grid})
     device = loop.device
     vae, text_encoder, tokenizer = teacher_pipe.vae, teacher_pipe.text_encoder, teacher_pipe.tokenizer
-    for m in (vae, text_encoder, t_unet):
-        m.requires_grad_(False).eval().to(device)
-    if isinstance(s_unet, EfficientUNet2DConditionModel):
-        s_unet.set_block_keep_prob(1.0)
-    if args.gradient_checkpointing:
-        s_unet.enable_gradient_checkpointing()
-    s_unet.train()
 
     # 2. optimizer, data
-    optimizer = make_optimizer(s_unet.parameters(), args)
-    dataset = make_dataset(args.data, args.resolution, seed=args.seed + 7, image_column=args.image_column,
-                           caption_column=args.caption_column)  # fmt: skip
-    s_unet, loader = loop.prepare(s_unet, optimizer, make_dataloader(dataset, args.batch_size, args.num_workers))
-    ac = teacher_pipe.scheduler.alphas_cumprod.to(device)
+    s_unet, loader, ac, uncond_1 = prepare_student(loop, args, teacher_pipe, s_unet)
     grid_t = torch.tensor(grid, device=device)
-    with torch.no_grad():
-        empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
-                          return_tensors="pt").input_ids.to(device)  # fmt: skip
-        uncond_1 = text_encoder(empty)[0]  # (1, L, D)
 
     # 3. training loop: w ~ U[w_min, w_max] and a grid timestep per sample
     def loss_fn(batch):

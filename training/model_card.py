@@ -39,7 +39,8 @@ def parse_args(argv=None):
     p.add_argument("--command", default="python -m training.recipe --preset mini --output runs/mini")
     p.add_argument("--repeats", type=int, default=3, help="timed generations for seconds per image")
     p.add_argument("--teacher", default=None, help="student roles: the teacher folder, to measure the compressed "
-                   "decoder against its full decoder on fresh latents and the end-to-end speed-up in the same run")  # fmt: skip
+                   "decoder against its full decoder on fresh latents and the end-to-end speed-up in the same "
+                   "run")  # fmt: skip
     p.add_argument("--teacher-eval", default=None, help="student role: the teacher's evaluation JSON (same K and "
                    "seed), to write the student's quality targets against the teacher's best FID and alignment")  # fmt: skip
     p.add_argument("--quote-missing", action="store_true", help="for a --stages entry whose folder is not in "
