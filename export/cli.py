@@ -23,8 +23,8 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = _Parser(prog="python -m export", description="Export a SnapFusion / SD-1.x pipeline to Core ML packages "
-                "(apple's Swift StableDiffusion package, plain MLModel calls) and / or ExecuTorch .pte files (XNNPACK; "
-                "iOS and Android); run an export with `python -m export.run OUT --prompt P`.")  # fmt: skip
+                "(apple's Swift StableDiffusion package, plain MLModel calls) and / or ExecuTorch .pte files "
+                "(XNNPACK; iOS and Android); run an export with `python -m export.run OUT --prompt P`.")  # fmt: skip
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="local diffusers pipeline folder or Hugging Face Hub id")
     src.add_argument("--preset", help="full-size model with random weights instead of --model: snapfusion or sd15 "

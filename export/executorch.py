@@ -20,6 +20,8 @@ from .errors import ExportError
 
 EXECUTORCH_VERSION = "1.5.1"  # the version requirements.txt pins
 INSTALL_HINT = f"ExecuTorch is not installed; run `pip install executorch=={EXECUTORCH_VERSION}`."
+INT8_METHOD = ("XNNPACKQuantizer: per-channel int8 weights of the linear layers, dynamically quantized int8 "
+               "activations; convolutions stay fp32")
 CHECK_EXECUTORCH = "ExecuTorch runtime (.pte, XNNPACK) vs eager PyTorch, float32"
 RUNTIME_LABEL = "measured in the ExecuTorch {version} runtime (XNNPACK delegate, CPU) on {host}, {threads} threads"
 
@@ -67,10 +69,19 @@ def runtime_threads() -> int:
     return int(_threadpool_get_thread_count())
 
 
+_programs_loaded = False  # resizing the pool after a program ran crashes the runtime (executorch 1.5.1)
+
+
 def set_runtime_threads(n: int) -> None:
-    """Resize the ExecuTorch runtime's thread pool (the same call an app makes; default: one per core)."""
+    """Resize the ExecuTorch runtime's thread pool (default: one thread per core); only before the process loads
+    its first program."""
     from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
 
+    if int(n) == runtime_threads():
+        return
+    if _programs_loaded:
+        raise ExportError(f"the ExecuTorch thread pool can be resized only before the first program loads; it has "
+                          f"{runtime_threads()} threads.")  # fmt: skip
     _unsafe_reset_threadpool(int(n))
 
 
@@ -112,6 +123,8 @@ class PteModule:
         require_executorch()
         from executorch.runtime import Runtime
 
+        global _programs_loaded
+        _programs_loaded = True
         self.method = Runtime.get().load_program(path_or_bytes).load_method("forward")
 
     def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:

@@ -232,7 +232,8 @@ def _convert_executorch(pipe, name: str, path: str, quant, height: int, width: i
 
 
 def _build_report(pipe, out, reports, precision, bits, attention, height, width, steps, guidance, text,
-                  ct_version, formats=("coreml",), et_reports=None, quant=None, schedule=None) -> ExportReport:  # fmt: skip
+                  ct_version, formats=("coreml",), et_reports=None, quant=None,
+                  schedule=None) -> ExportReport:  # fmt: skip
     f = pipe.vae_scale_factor
     decoder = decoder_of(pipe)
     image = {"height": height, "width": width, "latent_height": height // f, "latent_width": width // f,
@@ -247,12 +248,11 @@ def _build_report(pipe, out, reports, precision, bits, attention, height, width,
     end_to_end = _end_to_end(reports, steps, cfg, unet_batch(pipe))
     executorch = None
     if "executorch" in formats:
-        from .executorch import executorch_version
+        from .executorch import INT8_METHOD, executorch_version
 
         executorch = {
             "runtime": "ExecuTorch", "version": executorch_version(), "backend": "XNNPACK", "precision": "fp32",
-            "quantization": {"scheme": quant or "none", "method": "XNNPACKQuantizer: per-channel int8 weights of the linear "
-                             "layers, dynamically quantized int8 activations; convolutions fp32" if quant else "none"},
+            "quantization": {"scheme": quant or "none", "method": INT8_METHOD if quant else "none"},
             "components": {k: v.to_dict() for k, v in (et_reports or {}).items()},
             "end_to_end": _end_to_end(et_reports or {}, steps, cfg, unet_batch(pipe)),
         }  # fmt: skip
@@ -299,7 +299,7 @@ def _end_to_end(reports, steps: int, cfg: bool, batch: int = 2) -> dict:
         m = {c: reports[c].latency["measured"] for c in needed}
         ms = te_calls * m["text_encoder"]["ms"] + steps * m[step]["ms"] + m["vae_decoder"]["ms"]
         what = (f"denoiser step {m[step]['ms']:.1f} ms" if step == "denoiser" else
-                f"UNet {m[step]['ms']:.1f} ms (batch {batch}{', CFG' if cfg else ''}) + scheduler")
+                f"UNet {m[step]['ms']:.1f} ms (batch {batch}{', CFG' if cfg else ''})")
         result["measured"] = {
             "ms": round(ms, 3), "label": m[step]["label"], "kind": m[step]["kind"],
             "formula": f"{te_calls} x text encoder {m['text_encoder']['ms']:.1f} ms + {steps} x {what} + decoder "

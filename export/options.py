@@ -70,9 +70,9 @@ def check_options(components, precision: str, quantize, attention: str,
     if isinstance(quant, str) and "coreml" in formats:
         raise ExportError(f"quantize {quant} is ExecuTorch's XNNPACK int8 scheme, which Core ML cannot run; for "
                           f"Core ML use {', '.join(PALETTIZE_BITS)} bits (or none), or export ExecuTorch alone.")
-    if attention != "original" and "executorch" in formats:
+    if attention != "original" and formats == ("executorch",):
         raise ExportError(f"attention {attention} is the Neural Engine layout of Core ML; ExecuTorch exports take "
-                          "attention original.")  # fmt: skip
+                          "attention original (with format both it applies to the Core ML packages only).")
     return comps, quant
 
 

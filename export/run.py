@@ -94,14 +94,19 @@ def _load_components(out_dir: str, manifest: dict, runtime: str) -> dict:
         raise ExportError("coremltools is not installed; run `pip install coremltools==9.0`.") from None
 
 
-def tokenize(out_dir: str, manifest: dict, texts: list[str]) -> tuple[torch.Tensor, list[str]]:
-    """(N, L) token ids of ``texts`` padded / truncated to the exported length, and a note per truncated text."""
+def load_tokenizer(out_dir: str, manifest: dict):
+    """The CLIP BPE tokenizer from the export's vocab.json and merges.txt, at the exported sequence length."""
     from transformers import CLIPTokenizer
 
     text = manifest["text"]
-    length = int(text["sequence_length"])
-    tok = CLIPTokenizer(os.path.join(out_dir, text["vocab"]), os.path.join(out_dir, text["merges"]),
-                        pad_token=text.get("pad_token") or "<|endoftext|>", model_max_length=length)  # fmt: skip
+    return CLIPTokenizer(os.path.join(out_dir, text["vocab"]), os.path.join(out_dir, text["merges"]),
+                         pad_token=text.get("pad_token") or "<|endoftext|>",
+                         model_max_length=int(text["sequence_length"]))  # fmt: skip
+
+
+def tokenize(tok, texts: list[str]) -> tuple[torch.Tensor, list[str]]:
+    """(N, L) token ids of ``texts`` padded / truncated to the exported length, and a note per truncated text."""
+    length = tok.model_max_length
     notes = []
     for t in texts:
         n = len(tok(t, truncation=False, verbose=False).input_ids)  # with start and end tokens
@@ -112,71 +117,93 @@ def tokenize(out_dir: str, manifest: dict, texts: list[str]) -> tuple[torch.Tens
     return ids, notes
 
 
+class Runner:
+    """An export folder loaded once (manifest, tokenizer files, the runtime's models); call it per image."""
+
+    def __init__(self, out_dir: str, runtime: str = "executorch", threads: int | None = None):
+        self.out_dir = out_dir
+        self.manifest = read_manifest(out_dir)
+        self.denoiser = self.manifest.get("denoiser")
+        if not self.denoiser:
+            raise ExportError(f"{out_dir} has no denoiser (export with --components "
+                              "text_encoder,denoiser,vae_decoder).")  # fmt: skip
+        if threads is not None:
+            if runtime != "executorch" or isinstance(threads, bool) or int(threads) < 1:
+                raise ExportError(f"--threads sets the ExecuTorch runtime's thread pool (>= 1); got {threads!r}.")
+        self.runtime = runtime
+        t0 = time.perf_counter()
+        if threads is not None and runtime == "executorch":
+            from .executorch import require_executorch, set_runtime_threads
+
+            require_executorch()
+            set_runtime_threads(int(threads))  # before any program loads
+        self.models = _load_components(out_dir, self.manifest, runtime)
+        self.tokenizer = load_tokenizer(out_dir, self.manifest)
+        self.load_ms = (time.perf_counter() - t0) * 1000.0
+
+    def __call__(self, prompt: str, seed: int = 0, guidance_scale: float | None = None,
+                 num_inference_steps: int | None = None) -> dict:  # fmt: skip
+        """{"image": (H, W, 3) uint8, "timings": {...}, "label": {...}, "notes": [...], "steps", "guidance_scale"}."""
+        if not isinstance(prompt, str):
+            raise ExportError(f"prompt must be a string; got {prompt!r}.")
+        den, manifest, models = self.denoiser, self.manifest, self.models
+        steps = int(den["num_inference_steps"])
+        if num_inference_steps is not None and int(num_inference_steps) != steps:
+            raise ExportError(f"this export's denoiser holds a {steps}-step schedule; got steps "
+                              f"{num_inference_steps} (export again for another step count).")  # fmt: skip
+        w = float(manifest["guidance_scale"] if guidance_scale is None else guidance_scale)
+        if not np.isfinite(w):
+            raise ExportError(f"guidance scale must be a finite number; got {guidance_scale!r}.")
+        embedded = bool(den["guidance_embedded"])
+        image = manifest["image"]
+        t_total = time.perf_counter()
+        timings: dict = {}
+
+        # 1. text: the prompt (and the empty prompt for classifier-free guidance), batch 1 each
+        t0 = time.perf_counter()
+        ids, notes = tokenize(self.tokenizer, [prompt] if embedded else [prompt, ""])
+        text_states = models["text_encoder"](ids[:1].to(torch.float32))[0]  # (1, L, D)
+        extra = [] if embedded else [models["text_encoder"](ids[1:].to(torch.float32))[0]]  # uncond (1, L, D)
+        timings["text_encoder_ms"] = (time.perf_counter() - t0) * 1000.0
+
+        # 2. noise as the pipeline draws it: torch's CPU generator, float32, times init_noise_sigma
+        shape = (1, image["latent_channels"], image["latent_height"], image["latent_width"])
+        latents = torch.randn(shape, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float32)
+        latents = latents * float(den["init_noise_sigma"])
+
+        # 3. the denoiser in a plain loop; the schedule is inside it
+        step_ms = []
+        guidance = torch.tensor([w], dtype=torch.float32)
+        for i in range(steps):
+            t0 = time.perf_counter()
+            step = torch.tensor([i], dtype=torch.int64)
+            latents = models["denoiser"](latents, step, text_states, *extra, guidance)[0]
+            step_ms.append((time.perf_counter() - t0) * 1000.0)
+        timings["denoiser_ms_per_step"] = step_ms
+        timings["denoiser_ms_total"] = float(sum(step_ms))
+
+        # 4. decode (z = latents / scaling factor) and post-process as diffusers' VaeImageProcessor
+        t0 = time.perf_counter()
+        decoded = models["vae_decoder"](latents / float(image["scaling_factor"]))[0]  # (1, 3, H, W) in [-1, 1]
+        timings["decoder_ms"] = (time.perf_counter() - t0) * 1000.0
+        timings["total_ms"] = (time.perf_counter() - t_total) * 1000.0
+        pixels = (decoded / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().numpy()[0]
+        if self.runtime == "executorch":
+            from .executorch import executorch_version, host_cpu, runtime_threads
+
+            label = {"runtime": f"ExecuTorch {executorch_version()}", "backend": "XNNPACK", "host": host_cpu(),
+                     "threads": runtime_threads()}  # fmt: skip
+        else:
+            label = {"runtime": "Core ML", "backend": "compute units ALL", "host": platform.platform(),
+                     "threads": None}  # fmt: skip
+        return {"image": (pixels * 255).round().astype("uint8"), "timings": timings, "label": label, "notes": notes,
+                "steps": steps, "guidance_scale": w}  # fmt: skip
+
+
 def generate(out_dir: str, prompt: str, seed: int = 0, guidance_scale: float | None = None,
              num_inference_steps: int | None = None, runtime: str = "executorch", threads: int | None = None) -> dict:
-    """Run an export folder on ``prompt``: returns {"image": (H, W, 3) uint8, "timings": {...}, "notes": [...]}."""
-    if not isinstance(prompt, str):
-        raise ExportError(f"prompt must be a string; got {prompt!r}.")
-    manifest = read_manifest(out_dir)
-    den = manifest.get("denoiser")
-    if not den:
-        raise ExportError(f"{out_dir} has no denoiser (export with --components text_encoder,denoiser,vae_decoder).")
-    steps = int(den["num_inference_steps"])
-    if num_inference_steps is not None and int(num_inference_steps) != steps:
-        raise ExportError(f"this export's denoiser holds a {steps}-step schedule; got steps {num_inference_steps} "
-                          "(export again for another step count).")  # fmt: skip
-    w = float(manifest["guidance_scale"] if guidance_scale is None else guidance_scale)
-    if not np.isfinite(w):
-        raise ExportError(f"guidance scale must be a finite number; got {guidance_scale!r}.")
-    if threads is not None:
-        if runtime != "executorch" or int(threads) < 1:
-            raise ExportError(f"--threads sets the ExecuTorch runtime's thread pool (>= 1); got {threads!r}.")
-        from .executorch import set_runtime_threads
-
-        set_runtime_threads(int(threads))
-    models = _load_components(out_dir, manifest, runtime)
-    embedded = bool(den["guidance_embedded"])
-    image = manifest["image"]
-    t_total = time.perf_counter()
-    timings: dict = {}
-
-    # 1. text: the prompt (and the empty prompt for classifier-free guidance), batch 1 each
-    t0 = time.perf_counter()
-    ids, notes = tokenize(out_dir, manifest, [prompt] if embedded else [prompt, ""])
-    text_states = models["text_encoder"](ids[:1].to(torch.float32))[0]  # (1, L, D)
-    extra = [] if embedded else [models["text_encoder"](ids[1:].to(torch.float32))[0]]  # uncond (1, L, D)
-    timings["text_encoder_ms"] = (time.perf_counter() - t0) * 1000.0
-
-    # 2. noise as the pipeline draws it: torch's CPU generator, float32, times init_noise_sigma
-    shape = (1, image["latent_channels"], image["latent_height"], image["latent_width"])
-    latents = torch.randn(shape, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float32)
-    latents = latents * float(den["init_noise_sigma"])
-
-    # 3. the denoiser in a plain loop; the schedule is inside it
-    step_ms = []
-    guidance = torch.tensor([w], dtype=torch.float32)
-    for i in range(steps):
-        t0 = time.perf_counter()
-        latents = models["denoiser"](latents, torch.tensor([i], dtype=torch.int64), text_states, *extra, guidance)[0]
-        step_ms.append((time.perf_counter() - t0) * 1000.0)
-    timings["denoiser_ms_per_step"] = step_ms
-    timings["denoiser_ms_total"] = float(sum(step_ms))
-
-    # 4. decode (z = latents / scaling factor) and post-process as diffusers' VaeImageProcessor
-    t0 = time.perf_counter()
-    decoded = models["vae_decoder"](latents / float(image["scaling_factor"]))[0]  # (1, 3, H, W) in [-1, 1]
-    timings["decoder_ms"] = (time.perf_counter() - t0) * 1000.0
-    timings["total_ms"] = (time.perf_counter() - t_total) * 1000.0
-    pixels = (decoded / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().numpy()[0]
-    if runtime == "executorch":
-        from .executorch import executorch_version, host_cpu, runtime_threads
-
-        label = {"runtime": f"ExecuTorch {executorch_version()}", "backend": "XNNPACK", "host": host_cpu(),
-                 "threads": runtime_threads()}  # fmt: skip
-    else:
-        label = {"runtime": "Core ML", "backend": "compute units ALL", "host": platform.platform(), "threads": None}
-    return {"image": (pixels * 255).round().astype("uint8"), "timings": timings, "label": label, "notes": notes,
-            "steps": steps, "guidance_scale": w}  # fmt: skip
+    """One image from an export folder: ``Runner(out_dir, runtime, threads)(prompt, seed, ...)``."""
+    return Runner(out_dir, runtime, threads)(prompt, seed, guidance_scale, num_inference_steps)
 
 
 # ---------------------------------------------------------------------------------------------- command line

@@ -1,5 +1,6 @@
-"""The Export tab's handler: Core ML export of one side through ``export.export_pipeline``, each export in its own
-folder of the app's temporary folder (only the newest few kept), and a report that shows no server path."""
+"""The Export tab's handler: Core ML and / or ExecuTorch export of one side through ``export.export_pipeline``, each
+export in its own folder of the app's temporary folder (only the newest few kept), and a report that shows no server
+path."""
 
 from __future__ import annotations
 
@@ -13,14 +14,17 @@ from typing import Any
 
 import gradio as gr
 
-from export.options import ATTENTION_VARIANTS, COMPONENTS, PRECISIONS, QUANTIZE_CHOICES
+from export.errors import ExportError
+from export.options import ATTENTION_VARIANTS, COMPONENTS, FORMATS, PRECISIONS, QUANTIZE_CHOICES, check_options
 
 from .errors import bad_input
 from .inputs import InputError, check_choice, show
 from .sides import Side
 
 EXPORTS_KEPT = 3  # finished exports whose files stay on disk; older ones are deleted
-EXPORT_FOLDER = "coreml"  # the export's name in the zip and in the report, instead of the server's folder
+EXPORT_FOLDERS = {"coreml": "coreml", "executorch": "executorch", "both": "mobile"}  # the export's name in the zip
+# and in the report, instead of the server's folder
+FORMAT_LABELS = {"coreml": "Core ML", "executorch": "ExecuTorch (XNNPACK)", "both": "Core ML + ExecuTorch (XNNPACK)"}
 
 
 class ExportStore:
@@ -57,8 +61,10 @@ def export_library():
     return export_pipeline, zip_export, ExportError, format_size
 
 
-def check_export_options(model, components, precision, quantize, attention) -> tuple[str, list[str], str, str, str]:
-    """The Export tab's choices (those of ``export.options``), checked; components in pipeline order, each once."""
+def check_export_options(model, components, precision, quantize, attention,
+                         fmt="coreml") -> tuple[str, list[str], str, str, str, str]:  # fmt: skip
+    """The Export tab's choices (those of ``export.options``), checked; components in pipeline order, each once;
+    a quantization or attention variant the chosen runtime cannot run is refused."""
     key = check_choice(model, "model", ("left", "right"))
     if not isinstance(components, (list, tuple)) or not components:
         raise InputError(f"components must be a non-empty list drawn from {', '.join(COMPONENTS)}; "
@@ -67,9 +73,16 @@ def check_export_options(model, components, precision, quantize, attention) -> t
         check_choice(c, "component", COMPONENTS)
     components = [c for c in COMPONENTS if c in components]
     precision = check_choice(precision, "precision", PRECISIONS)
-    quantize = check_choice(quantize, "palettization bits", QUANTIZE_CHOICES)
+    quantize = check_choice(quantize, "quantization", QUANTIZE_CHOICES)
     attention = check_choice(attention, "attention", ATTENTION_VARIANTS)
-    return key, components, precision, quantize, attention
+    fmt = check_choice(fmt, "format", FORMATS)
+    if fmt == "executorch":
+        attention = "original"  # the tab's attention choice is a Core ML option (labelled so); ExecuTorch has one
+    try:
+        check_options(components, precision, quantize, attention, fmt)
+    except ExportError as e:
+        raise InputError(str(e)) from None
+    return key, components, precision, quantize, attention, fmt
 
 
 def without_paths(value: Any, replacements: dict[str, str]) -> Any:
@@ -87,7 +100,7 @@ def without_paths(value: Any, replacements: dict[str, str]) -> Any:
 
 def server_paths(side: Side, out_dir: Path) -> dict[str, str]:
     """The server paths an export's report may name, longest first, each with what the visitor sees instead."""
-    paths = {str(out_dir.resolve()): EXPORT_FOLDER, str(out_dir): EXPORT_FOLDER}
+    paths = {str(out_dir.resolve()): out_dir.name, str(out_dir): out_dir.name}
     for source in (side.source, getattr(side.pipe, "name_or_path", "") or ""):
         if source and Path(source).expanduser().exists():
             paths[str(Path(source).expanduser().resolve())] = side.name
@@ -96,32 +109,33 @@ def server_paths(side: Side, out_dir: Path) -> dict[str, str]:
 
 
 class Exporter:
-    """The /export endpoint: one side to Core ML, served as a zip with its report."""
+    """The /export endpoint: one side to Core ML and / or ExecuTorch, served as a zip with its report."""
 
     def __init__(self, sides: dict[str, Side], workdir: Path, lock: threading.RLock, keep: int = EXPORTS_KEPT):
         self.sides = sides
         self.lock = lock  # shared with generation: one pipeline call at a time
         self.store = ExportStore(workdir / "exports", keep)
 
-    def __call__(self, model, components, precision, quantize, attention, request: gr.Request = None,
+    def __call__(self, model, components, precision, quantize, attention, fmt="coreml", request: gr.Request = None,
                  progress=gr.Progress()):  # fmt: skip
-        """Core ML export of one side. Returns (zip path, report markdown, report dict)."""
-        key, components, precision, quantize, attention = check_export_options(
-            model, components, precision, quantize, attention
+        """Export of one side (``fmt``: coreml, executorch or both). Returns (zip path, report markdown, report
+        dict)."""
+        key, components, precision, quantize, attention, fmt = check_export_options(
+            model, components, precision, quantize, attention, fmt
         )
         try:
             export_pipeline, zip_export, export_error, format_size = export_library()
         except ImportError as e:
-            raise bad_input(f"Core ML export is not available on this server ({e}).") from None
+            raise bad_input(f"Export is not available on this server ({e}).") from None
         side = self.sides[key]
         folder = self.store.new_dir()
-        out_dir = folder / EXPORT_FOLDER
+        out_dir = folder / EXPORT_FOLDERS[fmt]
         progress(0.0, desc="starting the export")
         try:
             with self.lock:
                 report = export_pipeline(
                     side.pipe, str(out_dir), components=tuple(components), precision=precision, quantize=quantize,
-                    attention=attention, progress=lambda f, m: progress(float(f), desc=str(m)),
+                    attention=attention, progress=lambda f, m: progress(float(f), desc=str(m)), format=fmt,
                 )  # fmt: skip
                 zip_path = Path(zip_export(str(out_dir)))
             if folder.resolve() not in zip_path.resolve().parents:  # serve only files inside this export's folder
@@ -134,8 +148,11 @@ class Exporter:
             raise
         self.store.commit(folder)
         zip_bytes = zip_path.stat().st_size
-        head = (f"**{html.escape(side.label)}** (`{html.escape(side.name)}`) → Core ML: {', '.join(components)}, "
-                f"{precision}, palettization {quantize}, attention {attention}. "
+        settings = (f"{precision}, palettization {quantize}, attention {attention}" if fmt == "coreml" else
+                    f"quantization {quantize}" if fmt == "executorch" else
+                    f"Core ML {precision}, attention {attention}; ExecuTorch fp32")  # fmt: skip
+        head = (f"**{html.escape(side.label)}** (`{html.escape(side.name)}`) → {FORMAT_LABELS[fmt]}: "
+                f"{', '.join(components)}, {settings}. "
                 f"Download: **{format_size(zip_bytes)}** zip (MB = 2^20 bytes, as the file box counts).\n\n"
                 )  # fmt: skip
         paths = server_paths(side, out_dir)

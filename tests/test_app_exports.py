@@ -43,10 +43,11 @@ def fake_export(monkeypatch):
 
     def export_pipeline(pipe, out_dir, components=("text_encoder", "unet", "vae_decoder"), precision="fp16",
                         quantize="none", attention="original", height=None, width=None, overwrite=False,
-                        latency_table=None, progress=None):  # fmt: skip
+                        latency_table=None, progress=None, format="coreml"):  # fmt: skip
         if quantize == "4":
             raise ExportError("4-bit palettization fails the PSNR check (31.2 dB < 35 dB).")
-        calls.append({"components": components, "precision": precision, "quantize": quantize, "attention": attention})
+        calls.append({"components": components, "precision": precision, "quantize": quantize, "attention": attention,
+                      "format": format})
         os.makedirs(out_dir)
         for i, c in enumerate(components):
             Path(out_dir, f"{c}.mlpackage").write_bytes(b"x" * 1000)
@@ -71,7 +72,13 @@ def test_export_serves_a_zip_with_the_report_and_keeps_only_the_newest(served, c
         assert f"fake export {bits}" in report and "MB** zip" in report and "48.0 dB" in report
         assert data["quantize"] == bits and data["model"] == "right" and data["zip_bytes"] > 0
     assert fake_export[-1] == {"components": ("unet", "vae_decoder"), "precision": "fp16", "quantize": "8",
-                               "attention": "split_einsum"}  # fmt: skip  (pipeline order)
+                               "attention": "split_einsum", "format": "coreml"}  # fmt: skip  (pipeline order)
+    # ExecuTorch beside Core ML: int8, the Core ML attention choice not applied to it
+    path, report, data = client.predict("right", ["unet", "denoiser"], "fp16", "int8", "split_einsum", "executorch",
+                                        api_name="/export")  # fmt: skip
+    assert fake_export[-1] == {"components": ("denoiser", "unet"), "precision": "fp16", "quantize": "int8",
+                               "attention": "original", "format": "executorch"}  # fmt: skip
+    assert "→ ExecuTorch (XNNPACK): denoiser, unet, quantization int8." in report
     assert len(store.folders()) == store.keep == 3  # older exports were deleted
     with pytest.raises(AppError, match="Export failed: 4-bit palettization fails the PSNR check"):
         client.predict("left", ["unet"], "fp32", "4", "original", api_name="/export")
@@ -80,7 +87,10 @@ def test_export_serves_a_zip_with_the_report_and_keeps_only_the_newest(served, c
         (("/etc", ["unet"], "fp16", "8", "original"), "model must be one of left, right"),
         (("left", [], "fp16", "8", "original"), "components must be a non-empty list"),
         (("left", ["unet", "safety_checker"], "fp16", "8", "original"), "component must be one of"),
-        (("left", ["unet"], "fp16", "3", "original"), "palettization bits must be one of none, 8, 6, 4"),
+        (("left", ["unet"], "fp16", "3", "original"), "quantization must be one of none, 8, 6, 4, int8"),
+        (("left", ["unet"], "fp16", "6", "original", "executorch"), "Core ML k-means palettization, which ExecuTorch"),
+        (("left", ["unet"], "fp16", "int8", "original", "coreml"), "which Core ML cannot run"),
+        (("left", ["unet"], "fp16", "none", "original", "tflite"), "format must be one of coreml, executorch, both"),
         (("left", ["unet"], "int8", "8", "original"), "precision must be one of fp16, fp32"),
         (("left", ["unet"], "fp16", "8", "flash"), "attention must be one of original, split_einsum"),
     ]

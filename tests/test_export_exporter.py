@@ -113,6 +113,8 @@ EXPECTED = {
     "Unet.mlpackage": ({"sample": (2, 4, LAT, LAT), "timestep": (2,), "encoder_hidden_states": (2, D, 1, L)},
                        {"noise_pred": (2, 4, LAT, LAT)}),
     "VAEDecoder.mlpackage": ({"z": (1, 4, LAT, LAT)}, {"image": (1, 3, IMG, IMG)}),
+    "Denoiser.mlpackage": ({"latents": (1, 4, LAT, LAT), "step_index": (1,), "text_states": (1, L, D),
+                            "uncond_states": (1, L, D), "guidance_scale": (1,)}, {"next_latents": (1, 4, LAT, LAT)}),
 }  # fmt: skip
 
 
@@ -194,7 +196,8 @@ def test_six_bit_export_is_smaller_than_fp16(efficient_export, stock_export):
 def test_manifest_records_pipeline_settings(efficient_export):
     pipe, report = efficient_export.pipe, efficient_export.report
     manifest = json.loads((efficient_export.out / "manifest.json").read_text())
-    assert manifest["format"] == "snapfusion-coreml-export/1"
+    assert manifest["format"] == "snapfusion-export/2" and manifest["formats"] == ["coreml"]
+    assert manifest["denoiser"]["num_inference_steps"] == pipe.config.default_num_inference_steps
     assert "out_dir" not in manifest  # the folder can move; paths inside are relative
     assert manifest["num_inference_steps"] == pipe.config.default_num_inference_steps
     assert manifest["guidance_scale"] == pipe.config.default_guidance_scale
