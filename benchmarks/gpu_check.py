@@ -9,6 +9,7 @@ second and peak memory per stage.
 
     python -m benchmarks.gpu_check --out docs/benchmarks/gpu_check.json                 # needs CUDA
     python -m benchmarks.gpu_check --device cpu --resolution 64 --steps 3 --out x.json  # the same on a CPU
+    python -m benchmarks.gpu_check --estimate                    # no GPU: the memory estimate of docs/gpu_plan.md
 
 Stages: ``teacher_v`` (SD-v1.5 UNet, denoising loss), ``robust`` (the same with blocks skipped, p = 0.9),
 ``evolve_eval`` (the search's inner loop: one guided UNet call, no gradient, sd15 and snapfusion UNets),
@@ -46,7 +47,68 @@ def parse_args(argv=None):
     p.add_argument("--size", choices=["full", "smoke"], default="full",
                    help="full: SD-v1.5 size; smoke: the smoke recipe's widths (tests of this script)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--estimate", action="store_true", help="print the per-GPU memory estimate (parameter counts and "
+                   "activations counted on the meta device) as JSON; runs anywhere")  # fmt: skip
     return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------- the estimate
+
+
+def activation_gb(preset: str, resolution: int, checkpointing: bool = True) -> float:
+    """Activations one training image keeps in a UNet pass, bf16, counted on the meta device: with checkpointing the
+    inputs of every block (kept for the backward) plus the largest block's own outputs (recomputed one at a time),
+    else every layer's output; x2 for the inputs autograd saves besides outputs. Attention matrices are not stored
+    (memory-efficient attention, as on a GPU)."""
+    from pipelines import EfficientUNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = EfficientUNet2DConditionModel.from_preset(preset, sample_size=resolution // 8)
+    stash, inner, hooks = [], {}, []
+    for k, block in enumerate(m for _, stage in unet._stages() for m in stage):
+        hooks.append(block.register_forward_hook(
+            lambda m, i, o: stash.append(sum(t.numel() for t in i if isinstance(t, torch.Tensor)))))  # fmt: skip
+        for leaf in (m for m in block.modules() if not list(m.children())):
+            hooks.append(leaf.register_forward_hook(
+                lambda m, i, o, k=k: inner.__setitem__(k, inner.get(k, 0) + o.numel())))  # fmt: skip
+    with torch.no_grad():
+        unet(torch.zeros(1, 4, resolution // 8, resolution // 8, device="meta"), torch.zeros(1, device="meta"),
+             torch.zeros(1, 77, unet.config.cross_attention_dim, device="meta"))  # fmt: skip
+    for h in hooks:
+        h.remove()
+    kept = sum(stash) + max(inner.values()) if checkpointing else sum(inner.values())
+    return 2 * kept * 2 / 1e9
+
+
+def estimate(batch: int, resolution: int) -> dict:
+    """Per-GPU memory of each full-size stage under DDP, bf16 autocast, AdamW, gradient checkpointing (GB)."""
+    m = {"sd15": 859.52e6, "snapfusion": 767.52e6, "text": 123.06e6, "vae": 83.65e6, "pruned_decoder": 12.39e6}
+    act = {p: activation_gb(p, resolution) for p in ("sd15", "snapfusion")}
+    trained = lambda n, ddp=True, ema=False: n * (16 + (4 if ddp else 0) + (4 if ema else 0)) / 1e9  # noqa: E731
+    frozen = lambda *names: sum(m[x] for x in names) * 4 / 1e9  # noqa: E731
+    rows = {  # (static GB, activations GB, what)
+        "teacher_v": (trained(m["sd15"], ema=True) + frozen("text", "vae"), batch * act["sd15"],
+                      "sd15 UNet trained (+EMA); text encoder, VAE frozen"),
+        "robust": (trained(m["sd15"]) + frozen("text", "vae"), batch * act["sd15"], "sd15 UNet trained"),
+        "evolve": (trained(m["sd15"], ddp=False) + frozen("text", "vae"), batch * act["sd15"],
+                   "one process: the search's generation + interleaved robust training"),
+        "distill_sd16": (trained(m["sd15"]) + frozen("sd15", "text", "vae"), 3 * batch * act["sd15"],
+                         "sd15 student trained; sd15 teacher frozen; CFG-aware step = 3 student passes"),
+        "distill_eff16": (trained(m["snapfusion"]) + frozen("snapfusion", "text", "vae"),
+                          3 * batch * act["snapfusion"], "snapfusion-size student and teacher"),
+        "distilled": (trained(m["snapfusion"]) + frozen("sd15", "text", "vae"), 3 * batch * act["snapfusion"],
+                      "snapfusion student; 16-step sd15 teacher frozen"),
+        "decoder": (trained(m["pruned_decoder"]) + frozen("sd15", "snapfusion", "text", "vae")
+                    + 20256 * 4 * (resolution // 8) ** 2 * 4 / 1e9,
+                    # rough, not counted: ~20 saved 64-channel tensors at full resolution and ~20 128-channel ones at
+                    # half, bf16, no checkpointing in the decoder
+                    batch * resolution**2 * (20 * 64 + 20 * 128 / 4) * 2 / 1e9,
+                    "pruned decoder trained; teacher + student pipelines and the 20,256-latent pool held"),
+    }  # fmt: skip
+    return {"batch_per_gpu": batch, "resolution": resolution,
+            "activations_per_image_gb": {k: round(v, 3) for k, v in act.items()},
+            "stages": {k: {"static_gb": round(s, 1), "activations_gb": round(a, 1), "total_gb": round(s + a, 1),
+                           "what": w} for k, (s, a, w) in rows.items()}}  # fmt: skip
 
 
 def fail(message: str) -> None:
@@ -192,6 +254,9 @@ def run_stage(name: str, args, device, autocast) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.estimate:
+        print(json.dumps(estimate(args.batch_size, args.resolution), indent=2))
+        return 0
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = [s for s in stages if s not in STAGES]
     if unknown:

@@ -36,3 +36,14 @@ def test_every_stage_on_cpu_at_smoke_size(tmp_path):
     assert set(sf) == {"sd15", "snapfusion"}
     # the 8-step student is smaller than its teacher
     assert res["stages"]["distilled"]["trainable_params_m"] < res["stages"]["distill_sd16"]["trainable_params_m"]
+
+
+def test_the_memory_estimate_runs_anywhere(capsys):
+    assert gpu_check.main(["--estimate", "--batch-size", "8"]) == 0
+    est = json.loads(capsys.readouterr().out)
+    stages = est["stages"]
+    assert set(stages) == {"teacher_v", "robust", "evolve", "distill_sd16", "distill_eff16", "distilled", "decoder"}
+    # static: 859.52M trained params x 20 bytes (weights, grads, AdamW, DDP buckets) + EMA + frozen text/VAE
+    assert stages["robust"]["static_gb"] == pytest.approx(859.52e6 * 20 / 1e9 + 206.71e6 * 4 / 1e9, abs=0.1)
+    assert stages["distill_sd16"]["total_gb"] > stages["distilled"]["total_gb"] > stages["evolve"]["total_gb"]
+    assert 0 < est["activations_per_image_gb"]["snapfusion"] < est["activations_per_image_gb"]["sd15"]
