@@ -19,7 +19,7 @@ from training.common import StageError
 if importlib.util.find_spec("torch_fidelity") is None:
     pytest.skip("torch-fidelity is not installed: pip install --no-deps torch-fidelity==0.4.0",
                 allow_module_level=True)  # fmt: skip
-from training.real_eval import _import_torch_fidelity_inception  # noqa: E402 (before torchmetrics: see there)
+from training.real_eval import _import_torch_fidelity_inception  # before torchmetrics: see there
 
 _import_torch_fidelity_inception()
 
