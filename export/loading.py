@@ -11,7 +11,7 @@ from .errors import ExportError
 from .options import COMPONENTS
 
 # The folders each component is loaded from; the decoder comes from `vae_decoder` if present, else `vae`.
-_REQUIRED = {"text_encoder": ("text_encoder", "tokenizer"), "unet": ("unet",),
+_REQUIRED = {"text_encoder": ("text_encoder", "tokenizer"), "unet": ("unet",), "denoiser": ("unet", "scheduler"),
              "vae_decoder": (("vae_decoder", "vae"),)}  # fmt: skip
 
 # Full-size presets for size / conversion-time measurements: random weights, placeholder tokenizer vocabulary.

@@ -38,7 +38,7 @@ def test_zip_export(tmp_path):
             "coreml/Unet.mlpackage/Data/weight.bin", "coreml/Unet.mlpackage/Manifest.json", "coreml/manifest.json",
             "coreml/vocab.json"]  # fmt: skip
         assert zf.read("coreml/Unet.mlpackage/Data/weight.bin") == b"\1" * 100
-        assert json.loads(zf.read("coreml/manifest.json"))["format"] == "snapfusion-coreml-export/1"
+        assert json.loads(zf.read("coreml/manifest.json"))["format"] == "snapfusion-export/2"
     with pytest.raises(ExportError, match="exists"):
         zip_export(str(out), zip_path=str(target))
     assert zip_export(str(out), zip_path=str(target), overwrite=True) == str(target)
