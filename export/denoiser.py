@@ -146,8 +146,9 @@ def denoiser_inputs(unet: nn.Module, latent_height: int, latent_width: int, text
     return inputs
 
 
-def describe(schedule: dict, scheduler, embedded: bool) -> dict:
-    """The manifest entry of the denoiser: what it computes and how to call it."""
+def describe(schedule: dict, scheduler, embedded: bool, guidance_scale_range=None) -> dict:
+    """The manifest entry of the denoiser: what it computes and how to call it (``guidance_scale_range``: the scales
+    a guidance-embedded model was trained on, refused outside as the pipeline does)."""
     prediction = scheduler.config.get("prediction_type", "epsilon")
     return {
         "computes": (
@@ -167,6 +168,7 @@ def describe(schedule: dict, scheduler, embedded: bool) -> dict:
         "num_inference_steps": len(schedule["timesteps"]),
         "init_noise_sigma": schedule["init_noise_sigma"],
         "guidance_embedded": embedded,
+        "guidance_scale_range": None if guidance_scale_range is None else [float(v) for v in guidance_scale_range],
         "timesteps": [float(v) for v in schedule["timesteps"]],
         "coefficients": {k: [float(v) for v in schedule[k]] for k in ("c_in", "c_sample", "c_model")},
     }

@@ -284,7 +284,8 @@ def _build_report(pipe, out, reports, precision, bits, attention, height, width,
                      "host": host_description(), "coreml_runtime": coreml_runtime_available()},
         deployment_target=f"{DEPLOYMENT_TARGET} / macOS13 (Core ML spec 7)", unet_batch=unet_batch(pipe), notes=notes,
         formats=list(formats), executorch=executorch, guidance_embedded=embedded,
-        denoiser=describe(schedule, pipe.scheduler, embedded) if schedule is not None else None,
+        denoiser=describe(schedule, pipe.scheduler, embedded,
+                          getattr(pipe.config, "guidance_scale_range", None)) if schedule is not None else None,
     )  # fmt: skip
 
 

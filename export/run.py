@@ -154,6 +154,10 @@ class Runner:
         w = float(manifest["guidance_scale"] if guidance_scale is None else guidance_scale)
         if not np.isfinite(w):
             raise ExportError(f"guidance scale must be a finite number; got {guidance_scale!r}.")
+        lo_hi = den.get("guidance_scale_range")
+        if lo_hi and not lo_hi[0] <= w <= lo_hi[1]:
+            raise ExportError(f"guidance scale {w:g} is outside the range this guidance-embedded model was trained "
+                              f"on ({lo_hi[0]:g} to {lo_hi[1]:g}).")  # fmt: skip
         embedded = bool(den["guidance_embedded"])
         image = manifest["image"]
         t_total = time.perf_counter()

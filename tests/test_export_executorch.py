@@ -63,6 +63,7 @@ def cfg_export(tmp_path_factory):
 @pytest.fixture(scope="module")
 def embedded_export(tmp_path_factory):
     pipe = small_pipe(time_cond_proj_dim=8)
+    pipe.register_to_config(guidance_scale_range=[1.0, 8.0])  # the scales it was trained on
     out = tmp_path_factory.mktemp("et_embedded") / "export"
     report = export_pipeline(pipe, str(out), format="executorch", components="text_encoder,denoiser,unet,vae_decoder")
     return pipe, out, report
@@ -220,6 +221,8 @@ def test_guidance_embedded_model_exports_and_runs(embedded_export):
         got = runner.generate(str(out), PROMPT, 0, guidance_scale=w)["image"]
         ref = pipeline_image(pipe, PROMPT, 0, guidance=w)
         assert psnr(ref.astype(np.float64), got.astype(np.float64), peak=255.0) >= 30.0
+    with pytest.raises(ExportError, match="outside the range this guidance-embedded model was trained on"):
+        runner.generate(str(out), PROMPT, 0, guidance_scale=9.0)
 
 
 @pytest.mark.slow
