@@ -149,3 +149,16 @@ def test_real_core_ml_export_of_the_tiny_student(served, client, model_dirs):
     assert data["out_dir"] == "coreml" and data["model"] == "right"
     mb = data["components"]["vae_decoder"]["size_mb"]
     assert f" | {mb:,.2f} MB | " in report  # the package size, in the zip's unit
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _export_ready(), reason="export.export_pipeline is not available")
+def test_real_executorch_export_of_the_tiny_student(served, client, model_dirs):
+    path, report, data = client.predict(model="right", components=["vae_decoder"], precision="fp16", quantize="none",
+                                        attention="split_einsum", fmt="executorch", api_name="/export")  # fmt: skip
+    names = zipfile.ZipFile(path).namelist()
+    assert "executorch/manifest.json" in names and "executorch/VAEDecoder.pte" in names, names
+    assert "→ ExecuTorch (XNNPACK): vae_decoder" in report and "ExecuTorch runtime vs eager" in report, report
+    assert "measured in the ExecuTorch" in report and "threads" in report  # the runtime's readout, labelled
+    assert data["out_dir"] == "executorch" and data["formats"] == ["executorch"]
+    assert str(served[1].snapfusion.workdir) not in report + json.dumps(data)
