@@ -254,7 +254,8 @@ def _model_tab(app: CompareApp) -> None:
         "Counts, not timings."
     )
     gr.Dataframe(value=stage_rows, label="Blocks per stage", interactive=False, headers=stage_headers(models))
-    gr.Dataframe(value=total_rows, headers=totals_headers(models), label="Totals", interactive=False)
+    gr.Dataframe(value=total_rows, headers=totals_headers(models), label="Totals", interactive=False, wrap=True,
+                 elem_id="totals")  # fmt: skip
     plot = architecture_plot(stage_rows, models, app.workdir / "architecture.png")
     gr.Image(str(plot), label="CA / RB blocks per stage", type="filepath", interactive=False, format="png")
     pngs, jsons = eval_files(models)

@@ -156,6 +156,11 @@ def test_a_visitor_puts_the_one_pass_student_on_the_right(url):
         student_steps = sides["right"].default_steps
         expect(page.locator("#right-header")).to_contain_text(f"SnapFusion student: {student_steps} steps")
         assert page.locator("#right-guidance input[type=number]").get_attribute("max") == "20"
+        page.get_by_role("tab", name="Model").click()  # the one-pass student is the Totals table's third model
+        totals = page.locator("#totals table").first
+        expect(totals.locator("thead th").nth(3)).to_contain_text("one-pass:")
+        width, visible = totals.evaluate("t => [t.scrollWidth, t.parentElement.clientWidth]")
+        assert width <= visible, f"the Totals table needs a horizontal scroll ({width} > {visible} px)"
         assert page.server_errors == []
 
 
