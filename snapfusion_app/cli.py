@@ -82,9 +82,9 @@ def main(argv=None) -> int:
     except ValueError as e:
         fail(str(e))
 
-    import export  # noqa: F401 - light; quiets torchao's import-time warnings (an error stays one line)
     import torch  # the heavy imports, only once the flags are known to be good
 
+    import export  # noqa: F401 - light; quiets torchao's import-time warnings (an error stays one line)
     from pipelines.devices import parse_dtype, pick_device, set_num_threads
 
     try:
