@@ -39,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="threads of both runtimes")
     p.add_argument("--int8", action="store_true", help="also export and run the int8 option")
     p.add_argument("--prompts", type=int, default=8, help="how many of the 8 grid prompts")
+    p.add_argument("--reuse", action="store_true", help="OUT may exist: variants already exported there are not "
+                   "exported again (no export time for them)")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -48,12 +50,12 @@ def _image(pipe, prompt: str, seed: int) -> np.ndarray:
 
 
 def main(args) -> dict:
-    from export import export_pipeline
+    from export import ExportError, export_pipeline
     from export.executorch import host_cpu, runtime_threads, set_runtime_threads
     from export.run import Runner
     from training.ship_bundle import GRID_PROMPTS
 
-    if os.path.exists(args.out):
+    if os.path.exists(args.out) and not args.reuse:
         print(f"error: {args.out} exists; choose a new folder.", file=sys.stderr)
         raise SystemExit(2)
     torch.set_num_threads(args.threads)
@@ -65,17 +67,27 @@ def main(args) -> dict:
 
     # 1. the exports (what the app's one-click export runs: export_pipeline with every component)
     variants = {"fp32": "none", **({"int8": "int8"} if args.int8 else {})}
-    for name, quantize in variants.items():
+    for name, quantize in list(variants.items()):
         out = os.path.join(args.out, name)
-        t0 = time.perf_counter()
         # fp32: every component (the app's one-click export); int8: what the runner needs
         components = ("text_encoder,denoiser,unet,vae_decoder" if name == "fp32" else
                       "text_encoder,denoiser,vae_decoder")  # fmt: skip
-        report = export_pipeline(pipe, out, format="executorch", quantize=quantize, components=components)
-        seconds = time.perf_counter() - t0
-        comps = report.executorch["components"]
+        t0 = time.perf_counter()
+        if args.reuse and os.path.isfile(os.path.join(out, "manifest.json")):
+            with open(os.path.join(out, "manifest.json")) as f:
+                comps, seconds = json.load(f)["executorch"]["components"], None
+        else:
+            try:
+                report = export_pipeline(pipe, out, format="executorch", quantize=quantize, components=components)
+            except ExportError as e:  # recorded; the other variants go on
+                result["exports"][name] = {"error": str(e)}
+                del variants[name]
+                print(f"{name}: {e}", file=sys.stderr, flush=True)
+                continue
+            seconds = time.perf_counter() - t0
+            comps = report.executorch["components"]
         result["exports"][name] = {
-            "export_s": round(seconds, 1), "dir": out,
+            "export_s": None if seconds is None else round(seconds, 1), "dir": out,
             "components": {k: {"size_mb": c["size_mb"], "psnr_db": c["check"]["executorch"]["psnr_db"],
                                "ms": c["latency"]["measured"]["ms"], "conversion_s": c["conversion_s"]}
                            for k, c in comps.items()},
@@ -83,7 +95,7 @@ def main(args) -> dict:
                                       if "unet" in comps else None),
             "label": comps["denoiser"]["latency"]["measured"]["label"],
         }  # fmt: skip
-        print(f"exported {name} in {seconds:.1f} s", file=sys.stderr, flush=True)
+        print(f"{name}: {'reused' if seconds is None else f'exported in {seconds:.1f} s'}", file=sys.stderr)
 
     # 2-3. images and end-to-end times, alternating runner and pipeline
     prompts = GRID_PROMPTS[: args.prompts]
@@ -121,8 +133,12 @@ def to_markdown(result: dict) -> str:
              "| variant | export | denoiser / UNet size | min PSNR runner vs pipeline | runner (ExecuTorch) "
              "| pipeline (PyTorch) | ratio |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, e in result["exports"].items():
+        if "error" in e:
+            lines.append(f"| {name} | failed: {e['error']} | - | - | - | - | - |")
+            continue
         ratio = e["denoiser_to_unet_size"]
-        lines.append(f"| {name} | {e['export_s']:.0f} s | {f'{ratio:.3f}x' if ratio else '-'} | "
+        export_s = "reused" if e["export_s"] is None else f"{e['export_s']:.0f} s"
+        lines.append(f"| {name} | {export_s} | {f'{ratio:.3f}x' if ratio else '-'} | "
                      f"{e.get('min_psnr_db', float('nan')):.1f} dB over {len(e.get('images', []))} images | "
                      f"{e.get('runner_s_median', 0) * 1000:.0f} ms | {e.get('pipeline_s_median', 0) * 1000:.0f} ms | "
                      f"{e.get('ratio_runner_over_pipeline', float('nan')):.2f}x |")  # fmt: skip
