@@ -152,7 +152,7 @@ def test_stock_unet_exports_with_split_einsum(stock_export):
 @pytest.mark.slow
 def test_numeric_check_ran_and_passed(efficient_export, stock_export):
     reports = [*efficient_export.report.components.values(), *stock_export.report.components.values()]
-    assert [r.name for r in reports] == ["text_encoder", "unet", "vae_decoder", "unet"]
+    assert [r.name for r in reports] == ["text_encoder", "denoiser", "unet", "vae_decoder", "unet"]
     for r in reports:
         check = r.check["exported_graph"]
         assert check["ran"] and check["passed"]
@@ -160,7 +160,7 @@ def test_numeric_check_ran_and_passed(efficient_export, stock_export):
         if not convert.coreml_runtime_available():
             assert r.check["coreml"]["ran"] is False and "not run" in r.check["coreml"]["reason"]
     summary = json.loads((efficient_export.out / "manifest.json").read_text())["numeric_checks"]
-    assert set(summary) == {"text_encoder", "unet", "vae_decoder"}
+    assert set(summary) == {"text_encoder", "denoiser", "unet", "vae_decoder"}
     assert all(v["exported_graph"]["passed"] for v in summary.values())
 
 
@@ -225,7 +225,7 @@ def test_latency_measured_and_estimated_are_labelled(efficient_export):
     expected = table.estimate(efficient_export.pipe.unet, LAT, LAT)["total_ms"]
     assert est["ms"] == pytest.approx(expected, rel=1e-3)
     e2e = report.end_to_end  # its arithmetic: test_end_to_end_latency_from_known_components
-    assert e2e["measured"]["ms"] > 0 and "(batch 2, CFG)" in e2e["measured"]["formula"]
+    assert e2e["measured"]["ms"] > 0 and " x denoiser step " in e2e["measured"]["formula"]  # the denoiser's loop
     assert e2e["estimate"]["label"] == est["label"]
     md = report.to_markdown()
     assert "| unet | Unet.mlpackage |" in md
