@@ -24,7 +24,6 @@ import threading
 
 import gradio as gr
 
-import export  # noqa: F401 - first: it quiets torchao's import-time warnings (start-up errors stay one line)
 from pipelines.devices import parse_dtype, pick_device, set_num_threads
 from pipelines.loading import ModelLoadError, load_pipeline
 from snapfusion_app import DEFAULT_STUDENT, DEFAULT_TEACHER

@@ -7,15 +7,9 @@
 Importing the package is light: torch, diffusers and coremltools load on first use of the export functions.
 """
 
-import logging
 from importlib import import_module
 
 from .errors import ExportError
-
-# torchao (installed with executorch) and diffusers' torchao hook print warnings at import time (unloadable CUDA
-# kernels, deprecated pytree registrations); a command line keeps its stderr to its one error line.
-for _name in ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer"):
-    logging.getLogger(_name).setLevel(logging.ERROR)
 
 _LAZY = {"export_pipeline": "exporter", "zip_export": "bundle", "ExportReport": "report",
          "ComponentReport": "convert", "MIN_PSNR_DB": "convert", "COMPONENTS": "options"}  # fmt: skip

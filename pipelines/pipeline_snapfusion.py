@@ -236,8 +236,9 @@ class SnapFusionPipeline(DiffusionPipeline):
                                  f"trained on, [{lo_hi[0]:g}, {lo_hi[1]:g}].")  # fmt: skip
             negatives = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt or []
             if any(n.strip() for n in negatives if isinstance(n, str)) or negative_prompt_embeds is not None:
-                raise ValueError("This model takes the guidance scale as an input and runs one UNet pass per step, "
-                                 "with no unconditional branch: a negative prompt has no effect. Leave it empty.")
+                raise ValueError("`negative_prompt` has no effect on this model: it takes the guidance scale as an "
+                                 "input and runs one UNet pass per step, with no unconditional branch. Leave it "
+                                 "empty.")  # fmt: skip
         m = self.size_multiple
         for name, v in (("height", height), ("width", width)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < m or v % m:

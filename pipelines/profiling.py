@@ -147,7 +147,10 @@ def _unet_records(unet, height, width, batch, context_len):
         dtype = next(model.parameters()).dtype
         sample = torch.zeros(batch, cfg.in_channels, height, width, device=device, dtype=dtype)  # (B, 4, h, w)
         context = torch.zeros(batch, context_len, cfg.cross_attention_dim, device=device, dtype=dtype)  # (B, L, D)
-        model(sample, torch.tensor(500, device=device), encoder_hidden_states=context)
+        extra = {}
+        if getattr(cfg, "time_cond_proj_dim", None):  # a guidance-embedded UNet: its w embedding (cond_proj) counts
+            extra["timestep_cond"] = torch.zeros(batch, cfg.time_cond_proj_dim, device=device, dtype=dtype)
+        model(sample, torch.tensor(500, device=device), encoder_hidden_states=context, **extra)
 
     return _macs_by_module(unet, run)
 

@@ -84,7 +84,6 @@ def main(argv=None) -> int:
 
     import torch  # the heavy imports, only once the flags are known to be good
 
-    import export  # noqa: F401 - light; quiets torchao's import-time warnings (an error stays one line)
     from pipelines.devices import parse_dtype, pick_device, set_num_threads
 
     try:
@@ -111,9 +110,6 @@ def main(argv=None) -> int:
         pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
     except ModelLoadError as e:
         fail(f"--model: {e}")
-    if pipe.guidance_embedded and (args.negative_prompt or "").strip():
-        fail("--negative-prompt: this model takes the guidance scale as an input and runs one UNet pass per step, "
-             "with no unconditional branch: a negative prompt has no effect. Leave it out.")  # fmt: skip
     try:
         result = pipe(
             args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,

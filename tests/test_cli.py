@@ -170,7 +170,7 @@ def test_generate_with_the_one_pass_student_and_its_refusals(onepass, tmp_path, 
                                    "on, [1, 8].")  # fmt: skip
     code, _, err = main([*args, "--negative-prompt", "blurry", "--out", str(tmp_path / "f.png")], capsys)
     assert one_line(code, err) == (
-        "error: --negative-prompt: this model takes the guidance scale as an input and runs one UNet pass per step, "
-        "with no unconditional branch: a negative prompt has no effect. Leave it out."
+        "error: --negative-prompt has no effect on this model: it takes the guidance scale as an input and runs one "
+        "UNet pass per step, with no unconditional branch. Leave it empty."
     )
     assert not (tmp_path / "f.png").exists()

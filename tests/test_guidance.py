@@ -121,7 +121,7 @@ def test_pipeline_runs_one_pass_per_step_with_the_guidance_as_input():
 
 def test_pipeline_refuses_a_negative_prompt_and_a_scale_outside_the_trained_range():
     pipe = tiny_pipeline(0, time_cond_proj_dim=8)
-    with pytest.raises(ValueError, match="negative prompt has no effect"):
+    with pytest.raises(ValueError, match="`negative_prompt` has no effect"):
         _run(pipe, negative_prompt="blurry")
     _run(pipe, negative_prompt="")  # empty is fine: nothing to ignore
     pipe.register_to_config(guidance_scale_range=[1.5, 6.0])

@@ -8,6 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from diffusers.models.attention_processor import Attention
 from pipelines import CompressedVAEDecoder, EfficientUNet2DConditionModel
+from pipelines.guidance import add_guidance_embedding
 from pipelines.latency import LatencyTable
 from pipelines.profiling import (
     OTHER,
@@ -101,6 +102,15 @@ def test_per_stage_macs_sum_and_batch_scaling():
     assert count_macs(unet, 16, 16, batch=4) == 2 * count_macs(unet, 16, 16, batch=2)
     # self-attention grows with tokens^2, everything else with tokens: 4x the tokens costs more than 4x
     assert count_macs(unet, 32, 32) > 4 * count_macs(unet, 16, 16)
+
+
+def test_guidance_embedding_counts_its_projection():
+    unet = tiny_efficient_unet()
+    embedded = add_guidance_embedding(unet, 8)
+    sinusoid = embedded.time_embedding.linear_1.in_features
+    # one more linear layer, w's 8 features -> the timestep sinusoid's width, per sample: nothing else changes
+    assert count_macs(embedded, 16, 16, batch=1) == count_macs(unet, 16, 16, batch=1) + 8 * sinusoid
+    assert count_macs(embedded, 16, 16, batch=2) == count_macs(unet, 16, 16, batch=2) + 2 * 8 * sinusoid
 
 
 def test_removed_and_skipped_blocks_cost_nothing():
