@@ -75,31 +75,25 @@ def parse_args(argv=None):
 
 
 class ClipScorer:
-    """CLIP score: mean cosine similarity of image and prompt embeddings (a local CLIP model, no download)."""
+    """CLIP score: the mean over the evolution's images of ``training.real_eval``'s per-image score (a local CLIP
+    model, no download)."""
 
     def __init__(self, model_path: str, prompt_file: str, num_images: int):
-        from transformers import CLIPModel, CLIPProcessor
-
         from .data import read_prompts
+        from .real_eval import ClipScorer as PerImageClipScore
+        from .real_eval import clip_folder
 
-        if model_path is None or not Path(model_path).is_dir():
-            raise StageError(f"--scorer clip needs --clip-model pointing to a local CLIP folder; got {model_path!r}.")
+        clip_folder(model_path)  # a missing or wrong --clip-model: a one-line StageError before anything loads
         if prompt_file is None:
             raise StageError("--scorer clip needs --prompts FILE (one prompt per line).")
-        self.model = CLIPModel.from_pretrained(model_path).eval()
-        self.processor = CLIPProcessor.from_pretrained(model_path)
+        self.score = PerImageClipScore(model_path)
         prompts = read_prompts(prompt_file)
         self.prompts = (prompts * math.ceil(num_images / len(prompts)))[:num_images]
         self.name = "CLIP score"
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> float:
-        pil = [_to_pil(im) for im in images]
-        inputs = self.processor(text=self.prompts, images=pil, return_tensors="pt", padding=True, truncation=True)
-        out = self.model(**inputs)
-        img = torch.nn.functional.normalize(out.image_embeds, dim=-1)
-        txt = torch.nn.functional.normalize(out.text_embeds, dim=-1)
-        return float((img * txt).sum(-1).clamp(min=0).mean())
+        return float(self.score([_to_pil(im) for im in images], self.prompts).mean())
 
 
 def make_scorer(args):

@@ -24,7 +24,7 @@ from pipelines.schedulers import ddim_scheduler
 from .common import StageError, add_common_args, run_cli, validate_common_args
 from .data import add_data_args, infinite, make_dataloader, make_dataset, vocabulary
 from .loop import TrainLoop, load_substage, make_optimizer, save_substage, warm_up
-from .models import build_from_scratch, load_stage_pipeline
+from .models import MODEL_PRESETS, build_from_scratch, load_stage_pipeline
 
 STAGE = "train_teacher"
 # Pre-training objectives of a from-scratch text encoder (--text-objective), by name: a module whose
@@ -53,7 +53,8 @@ def parse_args(argv=None):
     add_common_args(parser, lr=3e-4, batch_size=32, max_steps=4000)
     add_denoiser_args(parser)
     g = parser.add_argument_group("from scratch")
-    g.add_argument("--model-preset", default="mini", help="smoke | mini (used without --pretrained)")
+    g.add_argument("--model-preset", default="mini",
+                   help=f"{' | '.join(MODEL_PRESETS)} (used without --pretrained)")  # fmt: skip
     g.add_argument("--vae-steps", type=int, default=800, help="VAE training steps when no VAE is given")
     g.add_argument("--vae-lr", type=float, default=1e-3)
     g.add_argument("--vae-batch-size", type=int, default=None, help="default: --batch-size")
