@@ -21,7 +21,7 @@ from .errors import ExportError
 EXECUTORCH_VERSION = "1.5.1"  # the version requirements.txt pins
 INSTALL_HINT = f"ExecuTorch is not installed; run `pip install executorch=={EXECUTORCH_VERSION}`."
 INT8_METHOD = ("XNNPACKQuantizer: per-channel int8 weights of the linear layers, dynamically quantized int8 "
-               "activations; convolutions stay fp32")
+               "activations; convolutions and the cross-attention key/value projections stay fp32")
 CHECK_EXECUTORCH = "ExecuTorch runtime (.pte, XNNPACK) vs eager PyTorch, float32"
 RUNTIME_LABEL = "measured in the ExecuTorch {version} runtime (XNNPACK delegate, CPU) on {host}, {threads} threads"
 
@@ -90,6 +90,16 @@ def runtime_label(threads: int | None = None) -> str:
                                 threads=runtime_threads() if threads is None else threads)  # fmt: skip
 
 
+def int8_linears(module: nn.Module) -> list[str]:
+    """Names of the linear layers the int8 option quantizes: all but the cross-attention key/value projections.
+    Those all read one tensor, the text states; XNNPACK's partitioner in executorch 1.5.1 groups the linears that
+    share one dynamically quantized input across layers into partitions with dependency cycles and refuses the graph
+    ("Invalid partition, found dependency cycles"; pytorch/executorch#18397), so they stay fp32."""
+    kv = {f"{name}.{proj}" for name, m in module.named_modules() if getattr(m, "is_cross_attention", False)
+          for proj in ("to_k", "to_v")}  # fmt: skip
+    return [name for name, m in module.named_modules() if isinstance(m, nn.Linear) and name not in kv]
+
+
 def lower(wrapper: nn.Module, args: tuple[torch.Tensor, ...], quantize: str | None) -> bytes:
     """The .pte bytes of ``wrapper`` at ``args``: fp32, or ``quantize="int8"`` (the linear layers' weights in
     per-channel int8 with dynamically quantized int8 activations, XNNPACK's scheme; convolutions stay fp32)."""
@@ -104,9 +114,12 @@ def lower(wrapper: nn.Module, args: tuple[torch.Tensor, ...], quantize: str | No
             )  # fmt: skip
             from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-            # Linear layers only: XNNPACK's dynamically quantized conv failed in the runtime (pixel-shuffle decoder)
+            # Linear layers only (XNNPACK's dynamically quantized conv failed in the runtime: pixel-shuffle decoder),
+            # named one by one so that the cross-attention key/value projections can stay fp32
             config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)
-            quantizer = XNNPACKQuantizer().set_module_type(nn.Linear, config)
+            quantizer = XNNPACKQuantizer()
+            for name in int8_linears(wrapper):
+                quantizer.set_module_name(name, config)
             module = prepare_pt2e(program.module(), quantizer)
             module(*args)
             program = torch.export.export(convert_pt2e(module), args)

@@ -237,3 +237,13 @@ def test_int8_export_states_its_psnr(tmp_path):
     got = runner.generate(str(out), PROMPT, 0)["image"]
     value = psnr(pipeline_image(pipe, PROMPT, 0).astype(np.float64), got.astype(np.float64), peak=255.0)
     assert value >= 20.0, value  # stated in docs/export.md; int8 weights change the image a little
+
+
+def test_int8_leaves_the_cross_attention_key_value_projections_fp32():
+    unet = tiny_pipeline(0).unet
+    names = et.int8_linears(unet)
+    linears = [n for n, m in unet.named_modules() if isinstance(m, torch.nn.Linear)]
+    kv = [n for n in linears if n.endswith(("attn2.to_k", "attn2.to_v"))]
+    assert kv and not set(kv) & set(names)  # the projections of the shared text states stay fp32
+    assert sorted(names) == sorted(set(linears) - set(kv))  # every other linear layer is quantized
+    assert any(n.endswith("attn1.to_k") for n in names) and any(n.endswith("attn2.to_q") for n in names)
