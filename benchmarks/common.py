@@ -20,7 +20,7 @@ from pipelines.timing import time_ms
 
 DEFAULT_OUT = "docs"
 # Section order of docs/benchmarks.md; each name is a script benchmarks/<name>.py.
-SECTIONS = ["unet_step", "vae_decoder", "end_to_end", "quality", "export_sizes"]
+SECTIONS = ["unet_step", "vae_decoder", "end_to_end", "quality", "export_sizes", "export_executorch"]
 # The plot each section draws: <out>/benchmarks/<section>_<plot>.png.
 # the PNGs each section draws; a section with several gets them all as {key: path} in its plot function
 PLOTS = {"unet_step": "stages", "vae_decoder": "bars", "end_to_end": "breakdown", "quality": ("curve", "steps")}

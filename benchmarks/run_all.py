@@ -1,7 +1,8 @@
 """Run every benchmark (each in its own process, one after another) and assemble ``<out>/benchmarks.md``.
 
-    python -m benchmarks.run_all                    # full size: ~12-16 min (estimate) on a quiet 2-core CPU
-    python -m benchmarks.run_all --quick            # toy widths, a smoke test (~1 min)
+    python -m benchmarks.run_all                    # full size: ~12-16 min (estimate) on a quiet 2-core CPU, plus
+                                                    # ~10 min for export_executorch (the bundle student's export)
+    python -m benchmarks.run_all --quick            # toy widths, a smoke test (~3 min)
     python -m benchmarks.run_all --only unet_step,vae_decoder --repeats 3 --overwrite
 
 Options that limit the run: ``--repeats`` (UNet and decoder timed rounds), ``--stage-repeats`` (per-block table),
@@ -81,6 +82,7 @@ def command(name: str, args) -> list[str]:
         ],
         "quality": [("--bundle", args.bundle)],
         "export_sizes": [("--bundle", args.bundle)],
+        "export_executorch": [("--bundle", args.bundle)],
     }
     for flag, value in per_section[name]:
         if value is not None:

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from benchmarks import run_all
-from export.options import OLDER_MANIFEST_FORMATS
+from export.options import MANIFEST_FORMAT, OLDER_MANIFEST_FORMATS
 from pipelines import EfficientUNet2DConditionModel
 from pipelines.tiny import tiny_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SECTIONS = ["unet_step", "vae_decoder", "end_to_end", "quality", "export_sizes"]
+SECTIONS = ["unet_step", "vae_decoder", "end_to_end", "quality", "export_sizes", "export_executorch"]
 
 
 def _eval_json(steps, alignments, fids, floor=0.5):
@@ -72,6 +72,14 @@ def bundle(tmp_path_factory):
         (folder / "Unet.mlpackage" / "Data").mkdir(parents=True)
         (folder / "Unet.mlpackage" / "Data" / "weight.bin").write_bytes(b"\0" * 1000)
         (folder / "manifest.json").write_text(json.dumps(_manifest(bits, mb, before, secs)))
+    et = root / "export" / "student-et"  # an ExecuTorch export in the current manifest format
+    et.mkdir(parents=True)
+    (et / "Unet.pte").write_bytes(b"\0" * 700)
+    check = {"executorch": {"ran": True, "psnr_db": 130.0, "passed": True}}
+    (et / "manifest.json").write_text(json.dumps(dict(
+        _manifest(None, 8.0, None, 30.0), format=MANIFEST_FORMAT, components={},
+        executorch={"precision": "fp32", "quantization": {"scheme": "none"}, "components": {"unet": {
+            "name": "unet", "package": "Unet.pte", "size_mb": 6.4, "conversion_s": 91.0, "check": check}}})))
     with torch.device("meta"):  # the full-size config, without allocating its weights
         evolved = EfficientUNet2DConditionModel.from_preset("snapfusion").remove_blocks(
             ["up1.7:CA"]
@@ -127,7 +135,8 @@ def test_run_all_writes_every_section_and_the_report(quick_run):
         assert md.startswith("## ") and "*Machine:*" in md
     report = (quick_run / "benchmarks.md").read_text()
     assert report.startswith("# Benchmarks") and "## Headline" in report
-    for heading in ("## UNet per denoising step", "## VAE decoder", "## End to end", "## Quality", "## Export"):
+    for heading in ("## UNet per denoising step", "## VAE decoder", "## End to end", "## Quality",
+                    "## Export: Core ML and ExecuTorch sizes", "## Export: the bundle student in the ExecuTorch"):
         assert heading in report
     for png in ("unet_step_stages", "vae_decoder_bars", "end_to_end_breakdown", "quality_curve"):
         assert (quick_run / "benchmarks" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
@@ -194,11 +203,29 @@ def test_quality_results(quick_run):
 @pytest.mark.slow
 def test_export_results(quick_run):
     data = _load(quick_run, "export_sizes")
-    assert data["skipped"] is False and len(data["exports"]) == 2
+    assert data["skipped"] is False and len(data["exports"]) == 3  # two Core ML folders (v1), one ExecuTorch (v2)
     (cmp,) = data["comparisons"]
     assert cmp["bits"] == 6 and cmp["size_ratio"] == pytest.approx(4.0 / 9.0)  # (3 + 1) MB vs (8 + 1) MB
     unet = next(c for e in data["exports"] if e["bits"] == 6 for c in e["components"] if c["name"] == "unet")
     assert unet["bytes_on_disk"] == 1000 and unet["conversion_s"] == 40.0
+    (et,) = [e for e in data["exports"] if e["format"] == "executorch"]
+    assert et["components"][0]["bytes_on_disk"] == 700 and et["components"][0]["psnr_db"] == 130.0
+    md = (quick_run / "benchmarks" / "export_sizes.md").read_text()
+    assert "| `" + str(et["folder"]) + "` | bundle/student | ExecuTorch | fp32, not quantized | unet | 6.40 |" in md
+
+
+@pytest.mark.slow
+def test_export_executorch_results(quick_run):
+    """--quick: the tiny pipeline exported (fp32, the runner's components), the runner's image against the
+    pipeline's for one prompt, in the same run; the temporary exports are gone."""
+    data = _load(quick_run, "export_executorch")
+    assert data["skipped"] is False and data["threads"] == 1 and data["model"].startswith("tiny pipeline")
+    (name, e), = data["exports"].items()
+    assert name == "fp32" and set(e["components"]) == {"text_encoder", "denoiser", "vae_decoder"}
+    assert all(c["psnr_db"] >= 35 for c in e["components"].values())  # the export's gate, in the runtime
+    assert len(e["images"]) == 1 and e["min_psnr_db"] >= 30  # the issue's target for the runner's image
+    assert e["runner_s_median"] > 0 and e["pipeline_s_median"] > 0 and e["dir"] is None
+    assert e["export_s"] > 0 and "ExecuTorch" in e["label"]
 
 
 def test_unknown_section_exits_2(tmp_path, capsys):
@@ -206,7 +233,8 @@ def test_unknown_section_exits_2(tmp_path, capsys):
         run_all.main(["--out-dir", str(tmp_path), "--only", "quality,nope", "--skip", "unet_step"])
     assert e.value.code == 2
     assert capsys.readouterr().err == (
-        "error: unknown section(s) nope; choose from unet_step, vae_decoder, end_to_end, quality, export_sizes.\n"
+        "error: unknown section(s) nope; choose from unet_step, vae_decoder, end_to_end, quality, export_sizes, "
+        "export_executorch.\n"
     )
     assert os.listdir(tmp_path) == []
 
