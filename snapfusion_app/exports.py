@@ -1,6 +1,6 @@
-"""The Export tab's handler: Core ML and / or ExecuTorch export of one side through ``export.export_pipeline``, each
-export in its own folder of the app's temporary folder (only the newest few kept), and a report that shows no server
-path."""
+"""The Export tab's handler: Core ML and / or ExecuTorch export of one side through ``export.export_pipeline`` (the
+right side: the model the visitor chose there, the one-pass student included), each export in its own folder of the
+app's temporary folder (only the newest few kept), and a report that shows no server path."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
@@ -19,7 +19,10 @@ from export.options import ATTENTION_VARIANTS, COMPONENTS, FORMATS, PRECISIONS, 
 
 from .errors import bad_input
 from .inputs import InputError, check_choice, show
-from .sides import Side
+from .sides import STUDENT, Side
+
+if TYPE_CHECKING:
+    from .session import CompareApp
 
 EXPORTS_KEPT = 3  # finished exports whose files stay on disk; older ones are deleted
 EXPORT_FOLDERS = {"coreml": "coreml", "executorch": "executorch", "both": "mobile"}  # the export's name in the zip
@@ -108,26 +111,36 @@ def server_paths(side: Side, out_dir: Path) -> dict[str, str]:
     return dict(sorted(paths.items(), key=lambda kv: -len(kv[0])))
 
 
-class Exporter:
-    """The /export endpoint: one side to Core ML and / or ExecuTorch, served as a zip with its report."""
+def model_choices(app: CompareApp, right_model=STUDENT) -> list[tuple[str, str]]:
+    """The Export tab's model choices: the right side's model as chosen there (by its role when it has a choice of
+    models), then the left."""
+    right, left = app.side("right", right_model), app.sides["left"]
+    role = f" ({right.role})" if len(app.right_models) > 1 else ""
+    return [(f"Right: {right.name}{role}", "right"), (f"Left: {left.name}", "left")]
 
-    def __init__(self, sides: dict[str, Side], workdir: Path, lock: threading.RLock, keep: int = EXPORTS_KEPT):
-        self.sides = sides
+
+class Exporter:
+    """The /export endpoint: one side to Core ML and / or ExecuTorch, served as a zip with its report; the right
+    side is the model chosen there (``right_model``: the SnapFusion student by default, or the one-pass student)."""
+
+    def __init__(self, app: CompareApp, workdir: Path, lock: threading.RLock, keep: int = EXPORTS_KEPT):
+        self.app = app
         self.lock = lock  # shared with generation: one pipeline call at a time
         self.store = ExportStore(workdir / "exports", keep)
 
-    def __call__(self, model, components, precision, quantize, attention, fmt="coreml", request: gr.Request = None,
-                 progress=gr.Progress()):  # fmt: skip
-        """Export of one side (``fmt``: coreml, executorch or both). Returns (zip path, report markdown, report
-        dict)."""
+    def __call__(self, model, components, precision, quantize, attention, fmt="coreml", right_model=STUDENT,
+                 request: gr.Request = None, progress=gr.Progress()):  # fmt: skip
+        """Export of one side (``fmt``: coreml, executorch or both; for the right side, ``right_model``: "student"
+        or "onepass" when loaded). Returns (zip path, report markdown, report dict)."""
         key, components, precision, quantize, attention, fmt = check_export_options(
             model, components, precision, quantize, attention, fmt
         )
+        right_model = self.app.check_right_model(right_model)
         try:
             export_pipeline, zip_export, export_error, format_size = export_library()
         except ImportError as e:
             raise bad_input(f"Export is not available on this server ({e}).") from None
-        side = self.sides[key]
+        side = self.app.side(key, right_model)
         folder = self.store.new_dir()
         out_dir = folder / EXPORT_FOLDERS[fmt]
         progress(0.0, desc="starting the export")
@@ -156,5 +169,6 @@ class Exporter:
                 f"Download: **{format_size(zip_bytes)}** zip (MB = 2^20 bytes, as the file box counts).\n\n"
                 )  # fmt: skip
         paths = server_paths(side, out_dir)
-        data = without_paths(dict(report.to_dict(), zip_bytes=zip_bytes, model=key), paths)
+        chosen = {"right_model": right_model} if key == "right" else {}
+        data = without_paths(dict(report.to_dict(), zip_bytes=zip_bytes, model=key, **chosen), paths)
         return str(zip_path), head + without_paths(report.to_markdown(), paths), data

@@ -2,8 +2,9 @@
 one-pass student when it is loaded).
 
 Tabs: Compare (same prompt and seed on both sides, measured timings, the speed-up; handlers in ``session.py``),
-Model (both architectures by paper stage; ``models_tab.py``), Export (Core ML; ``exports.py``). ``build_demo`` wires
-the handlers to components. Models are chosen at start-up only (``app.py``): a visitor picks a side, never a path.
+Model (both architectures by paper stage; ``models_tab.py``), Export (Core ML / ExecuTorch of the left side or of
+the right side's chosen model; ``exports.py``). ``build_demo`` wires the handlers to components. Models are chosen
+at start-up only (``app.py``): a visitor picks a side, never a path.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from export.options import ATTENTION_VARIANTS, COMPONENTS, PRECISIONS, QUANTIZE_
 from pipelines import SnapFusionPipeline
 
 from .errors import user_errors
-from .exports import EXPORTS_KEPT, Exporter
+from .exports import EXPORTS_KEPT, Exporter, model_choices
 from .inputs import MAX_PROMPT_CHARS, MAX_SEED, STEPS_MIN
 from .models_tab import architecture_plot, eval_files, model_summary, stage_headers, totals_headers
 from .readouts import waiting_html
@@ -73,7 +74,7 @@ def build_demo(teacher: SnapFusionPipeline, student: SnapFusionPipeline, teacher
     workdir = make_workdir()  # everything this app serves lives here; removed at exit and on SIGTERM
     lock = threading.RLock()
     app = CompareApp(left, right, workdir, lock, onepass=third)
-    exporter = Exporter(app.sides, workdir, lock, export_keep)
+    exporter = Exporter(app, workdir, lock, export_keep)
 
     with gr.Blocks(title="SnapFusion: 50 steps vs 8 steps", delete_cache=(1800, 3600)) as demo:
         gr.Markdown(
@@ -177,12 +178,12 @@ def build_demo(teacher: SnapFusionPipeline, student: SnapFusionPipeline, teacher
                 "ExecuTorch (one `.pte` per component, XNNPACK CPU delegate, for iOS and Android). Each export is "
                 "checked numerically against PyTorch (ExecuTorch files in the ExecuTorch runtime itself); the report "
                 "shows the check and the latency readout of each format. The denoiser carries the sampler: run it "
-                "with `python -m export.run FOLDER --prompt P`. "
+                "with `python -m export.run FOLDER --prompt P`. The right side is the model chosen above the right "
+                "image in Compare (the one-pass student too, when loaded). "
                 f"Only the newest {export_keep} exports stay on the server."
             )
             with gr.Row():
-                model = gr.Radio([(f"Right: {right.name}", "right"), (f"Left: {left.name}", "left")],
-                                 value="right", label="Model")  # fmt: skip
+                model = gr.Radio(model_choices(app), value="right", label="Model")
                 comps = gr.CheckboxGroup(list(COMPONENTS), value=list(COMPONENTS), label="Components")
             with gr.Row():
                 fmt = gr.Radio([("Core ML", "coreml"), ("ExecuTorch", "executorch"), ("Both", "both")],
@@ -198,9 +199,15 @@ def build_demo(teacher: SnapFusionPipeline, student: SnapFusionPipeline, teacher
             export_report = gr.Markdown()
             export_json = gr.JSON(label="Export report (JSON)", open=False)
             export_btn.click(
-                user_errors(_export_handler(exporter)), inputs=[model, comps, precision, quantize, attention, fmt],
+                user_errors(_export_handler(exporter)),
+                inputs=[model, comps, precision, quantize, attention, fmt, right_model],
                 outputs=[export_file, export_report, export_json], api_name="export", preprocess=False,
                 concurrency_id=GROUP, concurrency_limit=1,
+            )  # fmt: skip
+            right_model.change(  # the right side's model, as chosen in Compare, is the one exported
+                user_errors(lambda choice: gr.update(choices=model_choices(app, choice))), inputs=right_model,
+                outputs=model, preprocess=False, concurrency_limit=None, show_progress="hidden",
+                api_visibility="private",
             )  # fmt: skip
 
     demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
@@ -230,9 +237,9 @@ def _one_side_handler(app: CompareApp, key: str) -> Callable:
 
 
 def _export_handler(exporter: Exporter) -> Callable:
-    def export(model, components, precision, quantize, attention, fmt="coreml", request: gr.Request = None,
-               progress=gr.Progress()):  # fmt: skip
-        return exporter(model, components, precision, quantize, attention, fmt, request, progress)
+    def export(model, components, precision, quantize, attention, fmt="coreml", right_model=STUDENT,
+               request: gr.Request = None, progress=gr.Progress()):  # fmt: skip
+        return exporter(model, components, precision, quantize, attention, fmt, right_model, request, progress)
 
     export.__doc__ = exporter.__call__.__doc__
     return export

@@ -162,3 +162,59 @@ def test_real_executorch_export_of_the_tiny_student(served, client, model_dirs):
     assert "measured in the ExecuTorch" in report and "threads" in report  # the runtime's readout, labelled
     assert data["out_dir"] == "executorch" and data["formats"] == ["executorch"]
     assert str(served[1].snapfusion.workdir) not in report + json.dumps(data)
+
+
+def test_the_right_sides_chosen_model_is_exported(served, client, fake_export):
+    """right_model="onepass": the one-pass student (the right side's other model) is exported, and said so; the
+    default stays the SnapFusion student, for API callers from before; the tab's choices follow the Compare tab's."""
+    from gradio_client.exceptions import AppError
+
+    from snapfusion_app.exports import model_choices
+
+    app_ = served[1].snapfusion
+    student, onepass = app_.right_models["student"], app_.right_models["onepass"]
+    path, report, data = client.predict("right", ["unet"], "fp16", "none", "original", "coreml", "onepass",
+                                        api_name="/export")  # fmt: skip
+    assert data["source"]["model"] == onepass.name and data["right_model"] == "onepass"
+    assert report.startswith(f"**{onepass.label}** (`{onepass.name}`) → Core ML: unet"), report
+    path, report, data = client.predict("right", ["unet"], "fp16", "none", "original", api_name="/export")
+    assert data["source"]["model"] == student.name and data["right_model"] == "student"
+    path, report, data = client.predict("left", ["unet"], "fp16", "none", "original", "coreml", "onepass",
+                                        api_name="/export")  # fmt: skip
+    assert data["source"]["model"] == app_.sides["left"].name and "right_model" not in data
+    with pytest.raises(AppError, match="right model must be one of student, onepass; got 'third'"):
+        client.predict("right", ["unet"], "fp16", "none", "original", "coreml", "third", api_name="/export")
+    assert model_choices(app_, "onepass")[0] == ("Right: " + onepass.name + " (One-pass student)", "right")
+    assert model_choices(app_)[0] == ("Right: " + student.name + " (SnapFusion student)", "right")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _export_ready(), reason="export.export_pipeline is not available")
+def test_real_export_of_a_guidance_embedded_one_pass_student(tmp_path):
+    """A tiny guidance-embedded pipeline as the right side's one-pass student, exported through the tab's handler:
+    its UNet package takes the guidance scale as an input at batch 1 (one pass per step), with the usual readouts."""
+    import threading
+
+    from pipelines.tiny import tiny_pipeline
+    from snapfusion_app.exports import Exporter
+    from snapfusion_app.session import CompareApp
+    from snapfusion_app.sides import ONEPASS, RIGHT_ROLES, STUDENT, Side
+
+    onepass = tiny_pipeline(2, time_cond_proj_dim=8)
+    onepass.register_to_config(default_num_inference_steps=4, default_guidance_scale=4.5,
+                               guidance_scale_range=[1.0, 8.0])  # fmt: skip
+    app_ = CompareApp(Side("left", "Baseline", "teacher", "", tiny_pipeline(0, unet="stock")),
+                      Side("right", RIGHT_ROLES[STUDENT], "student", "", tiny_pipeline(1)), tmp_path,
+                      onepass=Side("right", RIGHT_ROLES[ONEPASS], "onepass", "", onepass))  # fmt: skip
+    exporter = Exporter(app_, tmp_path, threading.RLock())
+    path, report, data = exporter("right", ["unet"], "fp32", "none", "original", "coreml", "onepass",
+                                  progress=lambda *a, **k: None)  # fmt: skip
+    assert "coreml/Unet.mlpackage/Manifest.json" in zipfile.ZipFile(path).namelist()
+    assert data["right_model"] == "onepass" and data["guidance_embedded"] is True and data["cfg"] is False
+    assert data["unet_batch"] == 1 and data["guidance_scale"] == 4.5
+    unet = data["components"]["unet"]
+    assert [i["name"] for i in unet["inputs"]][-1] == "guidance_scale" and unet["inputs"][0]["shape"][0] == 1
+    assert unet["check"]["exported_graph"]["passed"] is True
+    assert "(guidance-embedded UNet: one pass per step)" in report and "dB (pass)" in report
+    assert report.startswith("**Right · One-pass student** (`onepass`) → Core ML: unet"), report
+    assert str(tmp_path) not in report + json.dumps(data)
