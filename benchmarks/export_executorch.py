@@ -44,16 +44,6 @@ from . import common
 NAME = "export_executorch"
 ALL_COMPONENTS = "text_encoder,denoiser,unet,vae_decoder"  # the app's one-click export
 RUNNER_COMPONENTS = "text_encoder,denoiser,vae_decoder"  # what the reference runner needs
-# The stored run made before this script was a section of run_all (its JSON recorded no command line).
-STORED_RUN_NOTE = (
-    "Stored result of the script from before it was a section of `run_all` (that JSON records no command line), "
-    "with another training run on the machine at the time: `python -m benchmarks.export_executorch --model "
-    "bundle/student --out out/et_bench --int8 --threads 1` (the exports: fp32 in 231 s, the int8 lowering failed), "
-    "then `python -m benchmarks.export_executorch --model bundle/student --out out/et_bench --reuse --threads 1` "
-    "(images and timings on that fp32 export: this JSON). `--out` is now `--work-dir`. Details: docs/export.md."
-)
-
-
 def parse_args(argv=None):
     p = common.parser(NAME, __doc__.split("\n\n")[0])
     p.add_argument("--bundle", default="bundle", help="default model: <bundle>/student")
@@ -201,7 +191,7 @@ def export_variants(pipe, args, work: str, exports: dict, export_pipeline, expor
 
 
 def to_markdown(result: dict) -> str:
-    """The summary table of a result (this section's JSON, or the stored run's, which has the same fields)."""
+    """The summary table of a result (this section's JSON)."""
     lines = [f"{result['model']} on {result['cpu']}, {result['threads']} thread(s) in both runtimes, torch "
              f"{result['torch']}", "",
              "| variant | export | denoiser / UNet size | min PSNR runner vs pipeline | runner (ExecuTorch) "
@@ -220,12 +210,8 @@ def to_markdown(result: dict) -> str:
 
 
 def markdown(res: dict, out: common.Outputs | None = None) -> str:
-    """The section: machine paragraph (or, for the stored run, where it came from), then the summary table."""
-    lines = ["## Export: the bundle student in the ExecuTorch runtime", ""]
-    if "benchmark" in res:
-        lines += [common.machine_paragraph(res), ""]
-    else:
-        lines += [f"*Machine:* {res['host']}. {STORED_RUN_NOTE}", ""]
+    """The section: machine paragraph, then the summary table."""
+    lines = ["## Export: the bundle student in the ExecuTorch runtime", "", common.machine_paragraph(res), ""]
     if res.get("skipped"):
         lines += [f"Skipped: {res['reason']}", ""]
         return "\n".join(lines)
