@@ -130,6 +130,24 @@ class DenoiserStep(nn.Module):
         return latents * c_sample + out * c_model
 
 
+class UnrolledDenoiser(nn.Module):
+    """The whole sampling loop as one graph: ``DenoiserStep`` called for every step index in turn (one UNet, its
+    weights shared across the unrolled steps). Inputs: ``DenoiserStep``'s without ``step_index``; output: the final
+    latents. The layout the export does not ship (docs/export.md: ``benchmarks.denoiser_layouts`` measures both)."""
+
+    def __init__(self, step: DenoiserStep):
+        super().__init__()
+        self.step = step
+        self.input_names = tuple(n for n in step.input_names if n != "step_index")
+        self.output_names = ("final_latents",)
+        self.register_buffer("indices", torch.arange(step.steps).view(-1, 1), persistent=False)  # (steps, 1)
+
+    def forward(self, latents, text_states, *rest):
+        for i in range(self.step.steps):
+            latents = self.step(latents, self.indices[i], text_states, *rest)
+        return latents
+
+
 def denoiser_inputs(unet: nn.Module, latent_height: int, latent_width: int, text_length: int,
                     guidance_scale: float, seed: int = 0) -> dict[str, torch.Tensor]:  # fmt: skip
     """Example inputs of ``DenoiserStep(unet, ...)`` in input order (step 0, random text states)."""
