@@ -329,3 +329,13 @@ def save_figure(fig, path: str, title: str | None = None) -> None:
     fig.tight_layout()
     fig.savefig(path)
     pyplot().close(fig)
+
+
+def emit_result(result: dict, path: str | None = None) -> dict:
+    """A standalone benchmark's result (one not run by ``run_all``): printed as JSON, and written to ``path``."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if path:
+        with open(path, "w") as f:
+            f.write(text + "\n")
+    return result

@@ -12,7 +12,6 @@ final latents are compared (PSNR). Not a section of ``run_all``: it lowers the m
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -23,6 +22,8 @@ import torch
 
 from pipelines.latency import host_description
 from pipelines.psnr import psnr
+
+from . import common
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -97,12 +98,7 @@ def main(argv=None) -> dict:
               "command": "python -m benchmarks.denoiser_layouts " + " ".join(sys.argv[1:] if argv is None else argv),
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": host_description(),
               "threads": args.threads, **compare(pipe, args.threads, args.repeats)}  # fmt: skip
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(text + "\n")
-    return result
+    return common.emit_result(result, args.json)
 
 
 if __name__ == "__main__":

@@ -68,12 +68,10 @@ def parse_args(argv=None):
 def quick_model(folder: str, seed: int) -> str:
     """A tiny v-prediction pipeline with a compressed decoder (like the student), its UNet cut to one cross-attention
     block, saved to ``folder``; returns the folder."""
-    from pipelines.tiny import tiny_pipeline
+    from pipelines.tiny import one_attention_block, tiny_pipeline
 
     pipe = tiny_pipeline(seed, compressed_decoder=True, prediction_type="v_prediction")
-    removable = [b for b in pipe.unet.blocks() if pipe.unet.is_removable(b)]
-    keep = next(b for b in removable if b.kind == "CA")
-    pipe.unet = pipe.unet.remove_blocks([b for b in removable if b != keep])
+    pipe.unet = one_attention_block(pipe.unet)
     pipe.register_to_config(default_num_inference_steps=4)
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder

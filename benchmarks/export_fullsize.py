@@ -13,7 +13,6 @@ model included.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -25,6 +24,8 @@ import torch
 
 from pipelines.latency import host_description
 from pipelines.timing import time_ms
+
+from . import common
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -94,12 +95,7 @@ def main(argv=None) -> dict:
         "eager_ms_all": eager_ms,
         "runtime_over_eager": runtime_ms / statistics.median(eager_ms),
     }
-    text_out = json.dumps(result, indent=2)
-    print(text_out)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(text_out + "\n")
-    return result
+    return common.emit_result(result, args.json)
 
 
 if __name__ == "__main__":

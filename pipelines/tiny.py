@@ -97,6 +97,15 @@ def tiny_components(seed: int = 0, unet: str = "efficient", compressed_decoder: 
                 scheduler=ddim_scheduler(prediction_type), vae_decoder=vae_decoder)  # fmt: skip
 
 
+def one_attention_block(unet: EfficientUNet2DConditionModel) -> EfficientUNet2DConditionModel:
+    """``unet`` with every removable block removed but its first cross-attention one (and the blocks that change
+    channels): the smallest graph that still has cross-attention, for export tests (lowering time grows with a
+    graph's size, not its widths)."""
+    removable = [b for b in unet.blocks() if unet.is_removable(b)]
+    keep = next(b for b in removable if b.kind == "CA")
+    return unet.remove_blocks([b for b in removable if b != keep])
+
+
 def tiny_pipeline(seed: int = 0, **kwargs) -> SnapFusionPipeline:
     pipe = SnapFusionPipeline(**tiny_components(seed, **kwargs))
     pipe.set_progress_bar_config(disable=True)

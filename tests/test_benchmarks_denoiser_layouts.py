@@ -6,16 +6,13 @@ import torch
 
 from benchmarks import denoiser_layouts
 from export.denoiser import DenoiserStep, UnrolledDenoiser, denoiser_inputs, step_schedule
-from pipelines.tiny import tiny_pipeline
+from pipelines.tiny import one_attention_block, tiny_pipeline
 
 
 def small_pipe():
     """A tiny pipeline whose UNet keeps one CA block (lowering time grows with the graph); 3 steps, guidance 2.5."""
     pipe = tiny_pipeline(0, prediction_type="v_prediction")
-    unet = pipe.unet
-    removable = [b for b in unet.blocks() if unet.is_removable(b)]
-    keep = next(b for b in removable if b.kind == "CA")
-    pipe.unet = unet.remove_blocks([b for b in removable if b != keep])
+    pipe.unet = one_attention_block(pipe.unet)
     pipe.register_to_config(default_num_inference_steps=3, default_guidance_scale=2.5)
     return pipe
 

@@ -35,3 +35,11 @@ def test_the_stored_measurement():
     assert r["preset"] == "snapfusion" and r["inputs"][0]["shape"] == [2, 4, 64, 64]  # one CFG step at 512x512
     assert r["psnr_db"] >= 35.0  # the export's gate, in the runtime
     assert r["runtime_over_eager"] == pytest.approx(r["runtime_ms_per_step"] / r["eager_ms_per_step"])
+
+
+def test_a_standalone_result_is_printed_and_written(tmp_path, capsys):
+    from benchmarks import common
+
+    path = tmp_path / "r.json"
+    assert common.emit_result({"a": 1.5}, str(path)) == {"a": 1.5}
+    assert json.loads(capsys.readouterr().out) == {"a": 1.5} == json.loads(path.read_text())

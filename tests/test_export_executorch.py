@@ -21,7 +21,7 @@ from export import executorch as et
 from export import run as runner
 from export.options import MANIFEST_FORMAT, check_options
 from pipelines.psnr import psnr
-from pipelines.tiny import tiny_pipeline
+from pipelines.tiny import one_attention_block, tiny_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = "a big red circle above a small blue square"
@@ -31,10 +31,7 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=ROOT)
 def small_pipe(**kwargs):
     """A tiny pipeline whose UNet keeps one CA block (and the blocks that change channels); 4 steps, guidance 2.5."""
     pipe = tiny_pipeline(0, compressed_decoder="pixel_shuffle", prediction_type="v_prediction", **kwargs)
-    unet = pipe.unet
-    removable = [b for b in unet.blocks() if unet.is_removable(b)]
-    keep = next(b for b in removable if b.kind == "CA")
-    pipe.unet = unet.remove_blocks([b for b in removable if b != keep])
+    pipe.unet = one_attention_block(pipe.unet)
     pipe.register_to_config(default_num_inference_steps=4, default_guidance_scale=2.5)
     return pipe
 
