@@ -40,14 +40,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def compare(pipe, threads: int = 1, repeats: int = 5) -> dict:
-    """Lower both layouts of ``pipe``'s denoiser, time them in the runtime and compare their final latents."""
+def compare(pipe, threads: int | None = 1, repeats: int = 5) -> dict:
+    """Lower both layouts of ``pipe``'s denoiser, time them in the runtime and compare their final latents.
+    ``threads=None`` keeps both runtimes' thread pools as they are (the ExecuTorch pool cannot be resized once a
+    program has run in the process)."""
     from export.convert import text_length
     from export.denoiser import DenoiserStep, UnrolledDenoiser, denoiser_inputs, step_schedule
-    from export.executorch import PteModule, lower, set_runtime_threads
+    from export.executorch import PteModule, lower, use_threads
 
-    torch.set_num_threads(threads)
-    set_runtime_threads(threads)
+    if threads is not None:
+        use_threads(threads)
     steps = int(pipe.config.default_num_inference_steps)
     guidance = float(pipe.config.default_guidance_scale)
     step = DenoiserStep(pipe.unet.eval(), step_schedule(pipe.scheduler, steps)).eval()

@@ -47,11 +47,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from export import export_pipeline
-    from export.executorch import executorch_version, set_runtime_threads
+    from export.executorch import executorch_version, use_threads
     from export.loading import preset_pipeline
 
-    torch.set_num_threads(args.threads)
-    set_runtime_threads(args.threads)
+    use_threads(args.threads)
     pipe = preset_pipeline(args.preset)
     t0 = time.perf_counter()
     report = export_pipeline(pipe, args.out, components="unet", format="executorch", height=512, width=512)

@@ -84,8 +84,13 @@ def estimate(batch: int, resolution: int) -> dict:
     """Per-GPU memory of each full-size stage under DDP, bf16 autocast, AdamW, gradient checkpointing (GB)."""
     m = {"sd15": 859.52e6, "snapfusion": 767.52e6, "text": 123.06e6, "vae": 83.65e6, "pruned_decoder": 12.39e6}
     act = {p: activation_gb(p, resolution) for p in ("sd15", "snapfusion")}
-    trained = lambda n, ddp=True, ema=False: n * (16 + (4 if ddp else 0) + (4 if ema else 0)) / 1e9
-    frozen = lambda *names: sum(m[x] for x in names) * 4 / 1e9
+
+    def trained(n, ddp=True, ema=False):  # fp32 weights, grads, AdamW moments (+ DDP buckets, + EMA copy)
+        return n * (16 + (4 if ddp else 0) + (4 if ema else 0)) / 1e9
+
+    def frozen(*names):  # fp32 weights
+        return sum(m[x] for x in names) * 4 / 1e9
+
     rows = {  # (static GB, activations GB, what)
         "teacher_v": (trained(m["sd15"], ema=True) + frozen("text", "vae"), batch * act["sd15"],
                       "sd15 UNet trained (+EMA); text encoder, VAE frozen"),

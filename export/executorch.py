@@ -85,6 +85,12 @@ def set_runtime_threads(n: int) -> None:
     _unsafe_reset_threadpool(int(n))
 
 
+def use_threads(n: int) -> None:
+    """Run both runtimes, PyTorch and ExecuTorch, on ``n`` threads (benchmarks compare them at one setting)."""
+    torch.set_num_threads(int(n))
+    set_runtime_threads(n)
+
+
 def runtime_label(threads: int | None = None) -> str:
     return RUNTIME_LABEL.format(version=executorch_version(), host=host_cpu(),
                                 threads=runtime_threads() if threads is None else threads)  # fmt: skip
@@ -198,4 +204,4 @@ def convert_executorch(name: str, wrapper: nn.Module, inputs: OrderedDict[str, t
 
 
 __all__ = ["INSTALL_HINT", "PteModule", "convert_executorch", "executorch_available", "lower", "require_executorch",
-           "runtime_label", "set_runtime_threads"]  # fmt: skip
+           "runtime_label", "set_runtime_threads", "use_threads"]  # fmt: skip

@@ -69,7 +69,8 @@ def test_timings_keys_and_return_dict_false():
     images, nsfw, timings = _run(pipe, return_dict=False)
     assert images.shape == (1, 32, 32, 3) and nsfw is None
     assert set(timings) == {"text_encoder_ms", "unet_ms_per_step", "unet_ms_total", "unet_ms_mean", "decoder_ms",
-                            "total_ms", "steps", "steps_run", "cfg", "guidance_embedded", "interrupted", "device"}  # fmt: skip
+                            "total_ms", "steps", "steps_run", "cfg", "guidance_embedded", "interrupted",
+                            "device"}  # fmt: skip
     assert timings["steps"] == 2 and timings["interrupted"] is False and timings["device"] == "cpu"
     assert timings["unet_ms_total"] == pytest.approx(sum(timings["unet_ms_per_step"]))
     assert np.array_equal(images, _run(pipe).images)
