@@ -7,7 +7,9 @@ Nothing is computed here; when no file is found the section says so and is skipp
 The steps-vs-quality curve (``quality_steps.png``) reads ``<bundle>/eval/steps/<series>_<steps>.json``: each model's
 best FID and best alignment (over its evaluated guidance scales) against the UNet evaluations per image (steps x
 passes per step), e.g. the one-pass student at 1, 2, 4 and 8 steps against the teacher sampled by plain DDIM with
-CFG at the same number of UNet evaluations.
+CFG at the same number of UNet evaluations. A series' own evaluation, ``<bundle>/eval/<series>.json`` (the shipped
+model at its recommended steps: ``teacher.json``, ``student.json``, ``onepass.json``), is a point of it too, unless a
+steps file has the same step count.
 
     python -m benchmarks.quality [--bundle bundle] [--eval-json FILE ...] [--out-dir docs] [--overwrite]
 """
@@ -121,7 +123,7 @@ def run(args) -> dict:
             res["models"].append(read_eval(path))
         except ValueError as e:
             res["ignored"].append({"file": path, "reason": str(e)})
-    res["steps_curve"] = read_steps_curve(os.path.join(args.bundle, "eval", "steps"), res["ignored"])
+    res["steps_curve"] = read_steps_curve(os.path.join(args.bundle, "eval"), res["ignored"])
     res["skipped"] = not res["models"]
     if res["skipped"]:
         where = ", ".join(args.eval_json) or f"{args.bundle}/eval/*.json or {args.bundle}/eval/*/results.json"
@@ -129,16 +131,23 @@ def run(args) -> dict:
     return res
 
 
-def read_steps_curve(folder: str, ignored: list) -> dict[str, list[dict]]:
-    """Series name -> points (steps, UNet evaluations, best FID and alignment with their guidance), by steps."""
+def read_steps_curve(eval_dir: str, ignored: list) -> dict[str, list[dict]]:
+    """Series name -> points (steps, UNet evaluations, best FID and alignment with their guidance), by steps: the
+    files in ``<eval_dir>/steps/``, then each series' own ``<eval_dir>/<series>.json`` at a step count not yet seen."""
     series: dict[str, list[dict]] = {}
-    for path in sorted(glob.glob(os.path.join(folder, "*_*.json"))):
-        name = os.path.basename(path)[: -len(".json")].rsplit("_", 1)[0]
+    paths = sorted(glob.glob(os.path.join(eval_dir, "steps", "*_*.json")))
+    own = [os.path.join(eval_dir, f"{name}.json") for name in STEP_SERIES]
+    for path in paths + [p for p in own if os.path.isfile(p)]:
+        name = os.path.basename(path)[: -len(".json")]
+        if path not in own:
+            name = name.rsplit("_", 1)[0]
         try:
             m = read_eval(path)
             steps = int(m["steps"])
         except (ValueError, TypeError) as e:
             ignored.append({"file": path, "reason": str(e) or "no step count"})
+            continue
+        if path in own and any(p["steps"] == steps for p in series.get(name, [])):
             continue
         passes = STEP_SERIES.get(name, (name, 1))[1]
         fid = min(m["rows"], key=lambda r: r["fid"])

@@ -41,12 +41,16 @@ def test_steps_curve_plots_best_quality_against_unet_evaluations(tmp_path):
         rows = [{"guidance": 2.0, "alignment": 0.8, "fid": fid}, {"guidance": 3.0, "alignment": 0.9, "fid": fid + 5}]
         (steps_dir / f"{name}_{steps}.json").write_text(json.dumps({"label": name, "steps": steps, "results": rows}))
     (steps_dir / "teacher_x.json").write_text("{")
-    (steps_dir.parent / "onepass.json").write_text((steps_dir / "onepass_4.json").read_text())
+    (steps_dir.parent / "onepass.json").write_text((steps_dir / "onepass_4.json").read_text())  # a step count seen
+    rows = [{"guidance": 2.5, "alignment": 0.95, "fid": 200.0}]
+    (steps_dir.parent / "teacher.json").write_text(json.dumps({"label": "t", "steps": 50, "results": rows}))
     out = tmp_path / "docs"
     assert quality.main(["--bundle", str(tmp_path / "bundle"), "--out-dir", str(out)]) == 0
     data = json.loads((out / "benchmarks" / "quality.json").read_text())
     curve = data["steps_curve"]
     assert [p["steps"] for p in curve["onepass"]] == [1, 4] and curve["teacher"][0]["unet_evaluations"] == 4
+    teacher = [(p["steps"], p["unet_evaluations"], p["fid"]) for p in curve["teacher"]]
+    assert teacher == [(2, 4, 400.0), (50, 100, 200.0)]  # teacher.json: its own point, at 50 steps
     assert curve["onepass"][1] | {"file": None} == {"file": None, "steps": 4, "unet_evaluations": 4, "fid": 240.0,
                                                     "fid_guidance": 2.0, "alignment": 0.9, "alignment_guidance": 3.0}
     assert (out / "benchmarks" / "quality_steps.png").stat().st_size > 0
