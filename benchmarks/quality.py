@@ -259,7 +259,8 @@ def markdown(res: dict, out: common.Outputs) -> str:
         lines += [
             "### Steps vs quality",
             "",
-            "Each model at its best evaluated guidance scale (per metric), from `<bundle>/eval/steps/`:",
+            "Each model at its best evaluated guidance scale (per metric), from `<bundle>/eval/steps/` and each "
+            "series' own `<bundle>/eval/<series>.json`:",
             "",
             common.md_table(["model", "steps", "UNet evaluations", "best FID", "best alignment"], rows),
             "",

@@ -101,7 +101,7 @@ def test_the_one_pass_student_is_bundle_onepass_when_that_folder_exists(tmp_path
     for var in ("SNAPFUSION_ONEPASS", "SNAPFUSION_NO_ONEPASS"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(loading, "DEFAULT_ONEPASS", str(tmp_path / "onepass"))
-    assert app.parse_args([]).onepass is None  # not shipped yet: the app runs without it
+    assert app.parse_args([]).onepass is None  # no such folder: the app runs without it
     (tmp_path / "onepass").mkdir()
     assert app.parse_args([]).onepass == str(tmp_path / "onepass")  # picked up once the folder exists
     assert app.parse_args(["--no-onepass"]).onepass is None

@@ -24,13 +24,14 @@ MAX_BUNDLE_BYTES = 60_000_000  # the bundle issue: 60 MB at most in all
 MIN_VALIDATION_ALIGNMENT = 0.6
 
 pytestmark = pytest.mark.skipif(not (BUNDLE / "student").is_dir(), reason="no bundle in this checkout")
+MODELS = ("teacher", "student", "onepass")  # bundle folders: the teacher, the SnapFusion student, the one-pass one
 
 
 @pytest.fixture(scope="module")
 def pipes():
     from snapfusion_app import load_pipeline
 
-    return {name: load_pipeline(str(BUNDLE / name), device="cpu") for name in ("teacher", "student")}
+    return {name: load_pipeline(str(BUNDLE / name), device="cpu") for name in MODELS}
 
 
 def test_bundle_is_small_fp16_safetensors():
@@ -38,7 +39,7 @@ def test_bundle_is_small_fp16_safetensors():
     assert sum(f.stat().st_size for f in files) <= MAX_BUNDLE_BYTES
     assert not [f for f in files if f.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")]
     weights = [f for f in files if f.suffix == ".safetensors"]
-    assert {f.relative_to(BUNDLE).parts[0] for f in weights} == {"teacher", "student", "probe"}
+    assert {f.relative_to(BUNDLE).parts[0] for f in weights} == {*MODELS, "probe"}
     for f in weights:
         with safe_open(str(f), "pt") as g:
             dtypes = {g.get_slice(k).get_dtype() for k in g.keys()}
@@ -81,7 +82,23 @@ def test_shipped_models_are_the_teacher_and_its_snapfusion_student(pipes):
     assert student.unet.config.in_channels == teacher.unet.config.in_channels
 
 
-@pytest.mark.parametrize("name", ["teacher", "student"])
+def test_shipped_one_pass_student_takes_the_guidance_scale_and_runs_four_single_pass_steps(pipes):
+    """bundle/onepass: the SnapFusion student's UNet and decoder with a guidance embedding, step-distilled to 4."""
+    onepass, student = pipes["onepass"], pipes["student"]
+    assert onepass.guidance_embedded and not student.guidance_embedded
+    assert onepass.config.default_num_inference_steps == 4
+    config = json.loads((ROOT / "training" / "configs" / "mini.json").read_text())
+    stage = next(s["args"] for s in config["stages"] if s["name"] == "onepass4")
+    assert list(onepass.config.guidance_scale_range) == [stage["w_min"], stage["w_max"]]
+    assert type(onepass.vae_decoder) is type(student.vae_decoder)
+    prompt = "a big red circle in the center on a gray background"
+    out = onepass(prompt, generator=torch.Generator().manual_seed(0), output_type="np")
+    assert out.timings["steps_run"] == 4 and out.timings["cfg"] is False  # one UNet pass per step
+    with pytest.raises(ValueError, match="guidance"):
+        onepass(prompt, guidance_scale=stage["w_max"] + 1)
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_shipped_model_generates_deterministically(pipes, name):
     pipe = pipes[name]
     prompt = "a big red circle in the center on a gray background"
@@ -94,7 +111,7 @@ def test_shipped_model_generates_deterministically(pipes, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["teacher", "student"])
+@pytest.mark.parametrize("name", MODELS)
 def test_shipped_model_follows_its_prompts(pipes, name):
     """The probe reads the prompted attributes back from the 32 fixed validation prompts, at the defaults."""
     pipe = pipes[name]
@@ -104,7 +121,7 @@ def test_shipped_model_follows_its_prompts(pipes, name):
     assert score >= MIN_VALIDATION_ALIGNMENT, f"{name}: validation alignment {score:.3f}"
 
 
-@pytest.mark.parametrize("name", ["teacher", "student"])
+@pytest.mark.parametrize("name", MODELS)
 def test_model_card_quotes_the_shipped_evaluation(pipes, name):
     card = (BUNDLE / name / "README.md").read_text()
     ev = json.loads((BUNDLE / "eval" / f"{name}.json").read_text())
@@ -117,10 +134,11 @@ def test_model_card_quotes_the_shipped_evaluation(pipes, name):
     assert "python -m training.recipe" in card and "s per image" in card
 
 
-def test_student_card_states_the_quality_targets_from_the_shipped_evaluations():
+@pytest.mark.parametrize("name", ["student", "onepass"])
+def test_student_cards_state_the_quality_targets_from_the_shipped_evaluations(name):
     from training.model_card import quality_targets
 
-    card = (BUNDLE / "student" / "README.md").read_text()
-    student, teacher = (json.loads((BUNDLE / "eval" / f"{n}.json").read_text()) for n in ("student", "teacher"))
+    card = (BUNDLE / name / "README.md").read_text()
+    student, teacher = (json.loads((BUNDLE / "eval" / f"{n}.json").read_text()) for n in (name, "teacher"))
     for row in quality_targets(student, teacher):
         assert row in card

@@ -253,7 +253,8 @@ def main(args):
             f"({steps * passes(pipe)} UNet evaluations per image against {t_steps * passes(teacher)}).",
             "",
         ]
-        d = decoder_report(pipe, teacher)
+        # latents at guidance 5 (CFG models); a one-pass student only takes its trained range: its recommended scale
+        d = decoder_report(pipe, teacher, guidance=guidance if pipe.guidance_embedded else 5.0)
         lines += [
             "## Compressed decoder (measured)",
             "",
