@@ -16,7 +16,7 @@ import torch
 from pipelines import devices
 from pipelines.devices import dtype_name
 from pipelines.latency import host_description
-from pipelines.timing import time_ms
+from pipelines.timing import interleaved  # noqa: F401 (the benchmarks call common.interleaved; its home is pipelines.timing)
 
 DEFAULT_OUT = "docs"
 # Section order of docs/benchmarks.md; each name is a script benchmarks/<name>.py.
@@ -167,24 +167,6 @@ def preset_unet(name: str, quick: bool, seed: int):
 
 
 # ---------------------------------------------------------------------------------------------- timing
-
-
-def interleaved(
-    fns: dict[str, Callable[[], object]], device: torch.device, warmup: int, repeats: int, log=print
-) -> dict[str, list[float]]:
-    """Time every function ``repeats`` times, interleaved (A, B, A, B, ...) after ``warmup`` interleaved rounds,
-    so a slow drift of the machine (another job, thermal state) hits all candidates alike."""
-    with torch.inference_mode():
-        for r in range(warmup):
-            for name, fn in fns.items():
-                ms = time_ms(fn, device)
-                log(f"  warm-up {r + 1}/{warmup} {name}: {ms:.1f} ms")
-        samples: dict[str, list[float]] = {name: [] for name in fns}
-        for r in range(repeats):
-            for name, fn in fns.items():
-                samples[name].append(time_ms(fn, device))
-                log(f"  run {r + 1}/{repeats} {name}: {samples[name][-1]:.1f} ms")
-    return samples
 
 
 def summary(samples: list[float]) -> dict:

@@ -15,12 +15,19 @@ steps and reports its 50-step total **composed from measured components** (text 
 decoder), labelled as such. Also the bundle's teacher (50 steps) vs student (8 steps) and, when ``<bundle>/onepass``
 exists, the one-pass student (its recommended steps), at the bundle's image size, full loops, measured.
 
+Memory format (``--memory-format``): ``auto`` (default) probes each 512px pipeline's UNet and decoder in both
+layouts, contiguous (NCHW) and ``torch.channels_last`` (NHWC, what oneDNN's CPU convolutions prefer), with one-step
+calls (one round to warm each layout up, one timed), and runs each component in the faster layout, so every
+pipeline, the SD-v1.5 baseline included, is timed at its best; the probe's milliseconds and choices are in the JSON.
+``contiguous`` or ``channels_last`` put every pipeline in that layout. The bundle's models stay contiguous.
+
     python -m benchmarks.end_to_end [--quick] [--sd-measured-steps K] [--repeats 1] [--bundle bundle]
-        [--bundle-repeats 3] [--device cuda] [--out-dir docs] [--overwrite]
+        [--bundle-repeats 3] [--memory-format auto] [--device cuda] [--out-dir docs] [--overwrite]
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import statistics
 import tempfile
@@ -43,6 +50,7 @@ TARGET_SPEEDUP = 10.0  # issue 7: SnapFusion 8 steps >= 10x faster than SD-v1.5 
 TARGET_ONEPASS = 25.0  # issue 21: one pass per step, 4 steps, >= 25x faster than SD-v1.5 50 steps with CFG
 TARGET_BUNDLE_ONEPASS = 30.0  # issue 21: the bundle's one-pass student >= 30x faster than its 50-step teacher
 GUIDANCE_EMBEDDING_DIM = 256
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 # CLIP ViT-L/14 text model (SD-v1.5's text encoder); --quick narrows it.
 CLIP_L14 = dict(
     vocab_size=49408,
@@ -87,7 +95,32 @@ def parse_args(argv=None):
     p.add_argument("--teacher-steps", type=common.positive_int, default=50)
     p.add_argument("--student-steps", type=common.positive_int, default=8)
     p.add_argument("--bundle-repeats", type=common.positive_int, default=3, help="timed calls per bundle model")
+    p.add_argument("--memory-format", choices=["auto", *MEMORY_FORMATS], default="auto",
+                   help="layout of the 512px pipelines' UNets and decoders: auto = the faster of the two per "
+                   "component, probed in this run (default)")  # fmt: skip
     return common.parse(p, argv)
+
+
+def set_memory_format(pipe: SnapFusionPipeline, unet: str, decoder: str) -> None:
+    """Put ``pipe``'s UNet and the decoder it uses in the named layouts (``MEMORY_FORMATS``)."""
+    pipe.unet.to(memory_format=MEMORY_FORMATS[unet])
+    (pipe.vae_decoder if pipe.vae_decoder is not None else pipe.vae).to(memory_format=MEMORY_FORMATS[decoder])
+
+
+def probe_memory_format(pipe: SnapFusionPipeline, size: int, guidance: float, seed: int) -> dict:
+    """One-step calls of ``pipe`` in each layout, a warm-up round then a timed one; the UNet and the decoder each
+    take the layout with the smaller time (``unet_ms_per_step``, ``decoder_ms``). Leaves ``pipe`` in that layout."""
+    ms = {}
+    for timed in (False, True):
+        for fmt in MEMORY_FORMATS:
+            set_memory_format(pipe, fmt, fmt)
+            t = pipe(PROMPT, num_inference_steps=1, guidance_scale=guidance, height=size, width=size,
+                     output_type="np", generator=torch.Generator().manual_seed(seed)).timings  # fmt: skip
+            if timed:
+                ms[fmt] = {"unet_ms": t["unet_ms_per_step"][0], "decoder_ms": t["decoder_ms"]}
+    chosen = {part: min(MEMORY_FORMATS, key=lambda f: ms[f][f"{part}_ms"]) for part in ("unet", "decoder")}
+    set_memory_format(pipe, chosen["unet"], chosen["decoder"])
+    return {"probe_ms": ms, **chosen}
 
 
 def build_pipelines(args, tok_dir: str) -> dict[str, tuple[str, SnapFusionPipeline]]:
@@ -123,7 +156,8 @@ def build_pipelines(args, tok_dir: str) -> dict[str, tuple[str, SnapFusionPipeli
         ),
         "onepass": (
             "SnapFusion-sized, one pass per step (guidance as input, pruned decoder)",
-            pipeline("snapfusion", args.onepass_steps, guidance_embedded=True, vae=None, vae_decoder=pruned),
+            pipeline("snapfusion", args.onepass_steps, guidance_embedded=True, vae=None,
+                     vae_decoder=copy.deepcopy(pruned)),  # its own copy: --memory-format sets each pipeline's
         ),
     }
 
@@ -250,9 +284,16 @@ def run(args) -> dict:
     # 1. pipelines with random weights (the text encoder is shared)
     with tempfile.TemporaryDirectory(prefix="bench_tok_") as tok_dir:
         pipes = build_pipelines(args, tok_dir)
-        for _, pipe in pipes.values():
+        res["memory_format"] = {"mode": args.memory_format}
+        for key, (_, pipe) in pipes.items():
             pipe.to(device=device, dtype=dtype)
             pipe.set_progress_bar_config(disable=True)
+            if args.memory_format == "auto":
+                print(f"  memory-format probe {key} ...", flush=True)
+                res["memory_format"][key] = probe_memory_format(pipe, size, args.guidance, args.seed)
+            else:
+                set_memory_format(pipe, args.memory_format, args.memory_format)
+                res["memory_format"][key] = {"unet": args.memory_format, "decoder": args.memory_format}
         latent = size // 8
         res["pipelines"] = {}
         for key, (label, pipe) in pipes.items():
@@ -371,6 +412,23 @@ def _component_rows(entries: dict) -> list[list]:
     return rows
 
 
+def memory_text(res: dict) -> str:
+    """The layouts the 512px pipelines ran in (runs before ``--memory-format`` were contiguous)."""
+    mf = res.get("memory_format")
+    if mf is None:
+        return " Memory format: contiguous (NCHW) throughout."
+    parts = []
+    for key, p in res["pipelines"].items():
+        m = mf[key]
+        probe = m.get("probe_ms")
+        ms = "" if probe is None else " (one-step probe, UNet / decoder ms: " + "; ".join(
+            f"{f} {common.fmt_ms(v['unet_ms'])} / {common.fmt_ms(v['decoder_ms'])}" for f, v in probe.items()) + ")"
+        parts.append(f"{p['label'].split(' (')[0]}: UNet {m['unet']}, decoder {m['decoder']}{ms}")
+    how = ("each component in the faster layout of a probe in this run (`--memory-format auto`)"
+           if mf["mode"] == "auto" else f"`--memory-format {mf['mode']}`")  # fmt: skip
+    return f" Memory format, {how}: " + "; ".join(parts) + "."
+
+
 def markdown(res: dict, out: common.Outputs) -> str:
     h, w = res["image"]
     pipes = res["pipelines"]
@@ -400,7 +458,8 @@ def markdown(res: dict, out: common.Outputs) -> str:
         common.machine_paragraph(res),
         "",
         f'Random weights, prompt "{res["prompt"]}", guidance {res["guidance"]:g} (batch 2 per step), '
-        f"warm-up: {res['warmup']} one-step call(s) per pipeline; median of {res['repeats']} timed call(s). {how}",
+        f"warm-up: {res['warmup']} one-step call(s) per pipeline; median of {res['repeats']} timed call(s). {how}"
+        + memory_text(res),
         "",
         common.md_table(heads, _component_rows(pipes)),
         "",

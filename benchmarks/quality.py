@@ -138,8 +138,8 @@ def read_steps_curve(eval_dir: str, ignored: list) -> dict[str, list[dict]]:
     paths = sorted(glob.glob(os.path.join(eval_dir, "steps", "*_*.json")))
     own = [os.path.join(eval_dir, f"{name}.json") for name in STEP_SERIES]
     for path in paths + [p for p in own if os.path.isfile(p)]:
-        name = os.path.basename(path)[: -len(".json")]
-        if path not in own:
+        name, is_own = os.path.basename(path)[: -len(".json")], path in own
+        if not is_own:
             name = name.rsplit("_", 1)[0]
         try:
             m = read_eval(path)
@@ -147,7 +147,7 @@ def read_steps_curve(eval_dir: str, ignored: list) -> dict[str, list[dict]]:
         except (ValueError, TypeError) as e:
             ignored.append({"file": path, "reason": str(e) or "no step count"})
             continue
-        if path in own and any(p["steps"] == steps for p in series.get(name, [])):
+        if is_own and any(p["steps"] == steps for p in series.get(name, [])):
             continue
         passes = STEP_SERIES.get(name, (name, 1))[1]
         fid = min(m["rows"], key=lambda r: r["fid"])

@@ -39,3 +39,21 @@ def time_ms(fn: Callable[[], object], device: torch.device | str = "cpu") -> flo
     with Timer(device) as t:
         fn()
     return t.ms
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]], device: torch.device, warmup: int, repeats: int, log=print
+) -> dict[str, list[float]]:
+    """Time every function ``repeats`` times, interleaved (A, B, A, B, ...) after ``warmup`` interleaved rounds,
+    so a slow drift of the machine (another job, thermal state) hits all candidates alike."""
+    with torch.inference_mode():
+        for r in range(warmup):
+            for name, fn in fns.items():
+                ms = time_ms(fn, device)
+                log(f"  warm-up {r + 1}/{warmup} {name}: {ms:.1f} ms")
+        samples: dict[str, list[float]] = {name: [] for name in fns}
+        for r in range(repeats):
+            for name, fn in fns.items():
+                samples[name].append(time_ms(fn, device))
+                log(f"  run {r + 1}/{repeats} {name}: {samples[name][-1]:.1f} ms")
+    return samples

@@ -59,7 +59,15 @@ def test_a_cut_sd_loop_is_composed_and_says_so(tmp_path):
     assert data["onepass"]["speedup"] == pytest.approx(sd["total_ms"] / one["total_ms"])
     assert data["onepass"]["target"]["speedup_min"] == 25.0
     assert data["bundle"]["skipped"] is True and "not found (no trained bundle yet)" in data["bundle"]["reason"]
+    mf = data["memory_format"]  # --memory-format auto (the default): each component in its faster probed layout
+    assert mf["mode"] == "auto" and set(mf) == {"mode", "sd15", "snapfusion", "onepass"}
+    for key in ("sd15", "snapfusion", "onepass"):
+        probe = mf[key]["probe_ms"]
+        assert set(probe) == {"contiguous", "channels_last"}
+        for part in ("unet", "decoder"):
+            assert mf[key][part] == min(probe, key=lambda f: probe[f][f"{part}_ms"])
     md = (tmp_path / "benchmarks" / "end_to_end.md").read_text()
+    assert "Memory format, each component in the faster layout of a probe in this run" in md
     assert "SD-v1.5's loop ran 2 of 6 steps: its total is **composed from measured components**" in md
     assert "Skipped:" in md
     assert "no: one pass, guidance as input" in md and "**One pass per step, 4 steps:" in md
@@ -72,3 +80,27 @@ def test_bad_arguments_exit_with_code_2(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             end_to_end.main(["--quick", "--out-dir", str(tmp_path), "--overwrite", *argv])
         assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_set_memory_format_moves_the_unet_and_the_decoder_it_uses():
+    import torch
+
+    from pipelines.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline(0, compressed_decoder=True)
+
+    def is_cl(module):
+        w = next(p for p in module.parameters() if p.ndim == 4 and p.shape[-1] > 1)
+        return w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+
+    end_to_end.set_memory_format(pipe, "channels_last", "contiguous")
+    assert is_cl(pipe.unet) and not is_cl(pipe.vae_decoder)
+    end_to_end.set_memory_format(pipe, "contiguous", "channels_last")
+    assert not is_cl(pipe.unet) and is_cl(pipe.vae_decoder)
+
+
+def test_each_pipeline_has_its_own_unet_and_decoder(tmp_path):
+    args = end_to_end.parse_args(["--quick", "--out-dir", str(tmp_path)])
+    pipes = {k: pipe for k, (_, pipe) in end_to_end.build_pipelines(args, str(tmp_path)).items()}
+    decoders = [p.vae_decoder if p.vae_decoder is not None else p.vae for p in pipes.values()]
+    assert len({id(d) for d in decoders}) == 3 and len({id(p.unet) for p in pipes.values()}) == 3

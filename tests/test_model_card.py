@@ -1,5 +1,7 @@
 """training/model_card.py: the decoder report, the decoder's wording, quality targets, quoted stage lines."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -91,3 +93,27 @@ def test_model_card_of_the_one_pass_student_measures_its_speed_up(tmp_path):
     assert "one-pass student" in card and "trained for guidance in [1, 4]" in card  # latents at 2.5, not 5
     assert "one UNet pass per step, batch 1" in card and "CFG batch 2" not in card
     assert "(2 UNet evaluations per image against 8)" in card and "x faster** end to end" in card
+
+
+def test_model_card_times_the_model_and_its_teacher_interleaved():
+    import torch
+
+    from training.model_card import seconds_per_image
+
+    calls = []
+
+    class Pipe:
+        device = torch.device("cpu")
+
+        def __init__(self, name):
+            self.name = name
+
+        def __call__(self, prompt, generator):
+            calls.append(self.name)
+            keys = ("text_encoder_ms", "unet_ms_mean", "unet_ms_total", "decoder_ms", "total_ms")
+            return SimpleNamespace(timings=dict.fromkeys(keys, 1.0))
+
+    res = seconds_per_image({"model": Pipe("model"), "teacher": Pipe("teacher")}, repeats=3)
+    assert calls == ["model", "teacher"] * 4  # one warm-up round, then 3 interleaved rounds
+    assert set(res) == {"model", "teacher"} and res["model"]["repeats"] == 3 and res["model"]["seconds"] > 0
+    assert res["teacher"]["timings_ms"]["total_ms"] == 1.0

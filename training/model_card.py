@@ -21,7 +21,7 @@ from pipelines import EfficientUNet2DConditionModel, PixelShuffleVAEDecoder
 from pipelines.latency import host_description
 from pipelines.profiling import count_decoder_params, count_params
 from pipelines.psnr import psnr
-from pipelines.timing import Timer, time_ms
+from pipelines.timing import interleaved
 from pipelines.vae_compressed import with_plain_resnet_blocks
 
 from .common import StageError, run_cli
@@ -37,7 +37,7 @@ def parse_args(argv=None):
     p.add_argument("--recipe", default=None, help="the recipe output folder that trained this model")
     p.add_argument("--stages", default="", help="comma-separated stage folders (in --recipe) that made it")
     p.add_argument("--command", default="python -m training.recipe --preset mini --output runs/mini")
-    p.add_argument("--repeats", type=int, default=3, help="timed generations for seconds per image")
+    p.add_argument("--repeats", type=int, default=5, help="timed generations per model for seconds per image")
     p.add_argument("--teacher", default=None, help="student roles: the teacher folder, to measure the compressed "
                    "decoder against its full decoder on fresh latents and the end-to-end speed-up in the same "
                    "run")  # fmt: skip
@@ -65,18 +65,23 @@ def card_stage_lines(card: str) -> dict[str, list[str]]:
     return stages
 
 
-def seconds_per_image(pipe, repeats: int) -> dict:
-    """Median wall time of one 1-image generation at the model's default steps and guidance (with CFG, or one
-    pass per step for a guidance-embedded model)."""
-    times, last = [], None
+def seconds_per_image(pipes: dict, repeats: int) -> dict[str, dict]:
+    """Wall time of one 1-image generation per pipeline at its default steps and guidance (with CFG, or one pass
+    per step for a guidance-embedded model): the pipelines interleaved (A, B, A, B, ...) after one warm-up round,
+    median of ``repeats``, so a drift of the machine hits all alike. Per name: seconds, repeats and the
+    breakdown of the last run."""
     prompt = "a big red circle in the center on a gray background"
-    for i in range(repeats + 1):  # first run is a warm-up
-        with Timer(pipe.device) as t:
-            last = pipe(prompt, generator=torch.Generator().manual_seed(i)).timings
-        if i:
-            times.append(t.ms / 1000)
-    return {"seconds": statistics.median(times), "repeats": repeats, "timings_ms": {
-        k: round(last[k], 2) for k in ("text_encoder_ms", "unet_ms_mean", "unet_ms_total", "decoder_ms", "total_ms")}}
+    last = {}
+
+    def generate(name, pipe):
+        last[name] = pipe(prompt, generator=torch.Generator().manual_seed(0)).timings
+
+    fns = {name: (lambda name=name, pipe=pipe: generate(name, pipe)) for name, pipe in pipes.items()}
+    device = next(iter(pipes.values())).device
+    samples = interleaved(fns, device, warmup=1, repeats=repeats, log=lambda *_: None)
+    keys = ("text_encoder_ms", "unet_ms_mean", "unet_ms_total", "decoder_ms", "total_ms")
+    return {name: {"seconds": statistics.median(samples[name]) / 1000, "repeats": repeats,
+                   "timings_ms": {k: round(last[name][k], 2) for k in keys}} for name in pipes}  # fmt: skip
 
 
 @torch.no_grad()
@@ -105,14 +110,9 @@ def decoder_report(student, teacher, num_latents: int = 64, steps: int = 20, gui
         psnr_db[name] = psnr(ref, out, peak=1.0)
     z1 = z[:1]
     plain = with_plain_resnet_blocks(full)  # same outputs, so the compressed decoder's plain blocks do not flatter
-    times = {"full": [], "full_plain": [], "compressed": []}
     fns = {"full": lambda: full.decode(z1).sample, "full_plain": lambda: plain.decode(z1).sample,
            "compressed": lambda: small(z1)}  # fmt: skip
-    for i in range(repeats + 1):  # interleaved; the first round is a warm-up
-        for key, fn in fns.items():
-            ms = time_ms(fn, full.device)
-            if i:
-                times[key].append(ms)
+    times = interleaved(fns, full.device, warmup=1, repeats=repeats, log=lambda *_: None)
     ms = {k: statistics.median(v) for k, v in times.items()}
     return {"num_latents": num_latents, "steps": steps, "guidance": guidance, "psnr_db": psnr_db,
             "full_ms": ms["full"], "compressed_ms": ms["compressed"], "speedup": ms["full"] / ms["compressed"],
@@ -198,7 +198,9 @@ def main(args):
         "unet": count_params(pipe.unet), "text_encoder": count_params(pipe.text_encoder),
         "vae_decoder (used)": count_decoder_params(pipe.vae_decoder if pipe.vae_decoder is not None else pipe.vae),
     }  # fmt: skip
-    timing = seconds_per_image(pipe, args.repeats)
+    teacher = load_stage_pipeline(args.teacher, "--teacher") if args.role != "teacher" and args.teacher else None
+    timings = seconds_per_image({"model": pipe} | ({"teacher": teacher} if teacher else {}), args.repeats)
+    timing = timings["model"]
     steps, guidance = pipe.config.default_num_inference_steps, pipe.config.default_guidance_scale
     size = unet.config.sample_size * pipe.vae_scale_factor
     lines = [
@@ -234,21 +236,21 @@ def main(args):
         "",
         "## Speed (measured)",
         "",
-        f"{timing['seconds']:.3f} s per image (median of {timing['repeats']} after a warm-up; 1 image, {steps} steps, "
+        f"{timing['seconds']:.3f} s per image (median of {timing['repeats']} after a warm-up round; 1 image, "
+        f"{steps} steps, "
         + ("one UNet pass per step, batch 1" if pipe.guidance_embedded else "CFG batch 2")
         + f"), on {host_description()}. Breakdown of the last run (ms): "
         + ", ".join(f"{k} {v}" for k, v in timing["timings_ms"].items()) + ".",
         "",
     ]
-    if args.role != "teacher" and args.teacher:
-        teacher = load_stage_pipeline(args.teacher, "--teacher")
-        t_timing = seconds_per_image(teacher, args.repeats)  # same run, right after this model's
+    if teacher is not None:
+        t_timing = timings["teacher"]
         t_steps = teacher.config.default_num_inference_steps
         lines += [
             "## Speed-up against the teacher (measured, same run)",
             "",
             f"The teacher ({args.teacher}) at its recommended {t_steps} steps with CFG: {t_timing['seconds']:.3f} s "
-            f"per image, measured the same way right after this model: this model is "
+            f"per image, measured the same way, its runs interleaved with this model's: this model is "
             f"**{t_timing['seconds'] / timing['seconds']:.1f}x faster** end to end "
             f"({steps * passes(pipe)} UNet evaluations per image against {t_steps * passes(teacher)}).",
             "",
