@@ -104,7 +104,7 @@ def parse_args(argv=None):
 def set_memory_format(pipe: SnapFusionPipeline, unet: str, decoder: str) -> None:
     """Put ``pipe``'s UNet and the decoder it uses in the named layouts (``MEMORY_FORMATS``)."""
     pipe.unet.to(memory_format=MEMORY_FORMATS[unet])
-    (pipe.vae_decoder if pipe.vae_decoder is not None else pipe.vae).to(memory_format=MEMORY_FORMATS[decoder])
+    pipe.decoder.to(memory_format=MEMORY_FORMATS[decoder])
 
 
 def probe_memory_format(pipe: SnapFusionPipeline, size: int, guidance: float, seed: int) -> dict:
@@ -242,7 +242,7 @@ def bundle_section(args, device) -> dict:
     for key, (path, pipe) in pipes.items():
         entry = summarise(runs[key], steps[key])
         size = args.bundle_size or pipe.unet.config.sample_size * pipe.vae_scale_factor
-        decoder = pipe.vae_decoder if pipe.vae_decoder is not None else pipe.vae
+        decoder = pipe.decoder
         entry.update(
             path=path,
             image=[size, size],
@@ -297,7 +297,7 @@ def run(args) -> dict:
         latent = size // 8
         res["pipelines"] = {}
         for key, (label, pipe) in pipes.items():
-            decoder = pipe.vae_decoder if pipe.vae_decoder is not None else pipe.vae
+            decoder = pipe.decoder
             res["pipelines"][key] = {
                 "label": label,
                 "text_encoder_params": count_params(pipe.text_encoder),

@@ -68,7 +68,7 @@ def model_summary(sides: dict[str, Side]) -> tuple[list[list], list[list]]:
     totals = {}
     for k, s in sides.items():
         pipe, (h, w) = s.pipe, s.image_size
-        decoder = pipe.vae_decoder if pipe.vae_decoder is not None else pipe.vae  # what decodes latents
+        decoder = pipe.decoder  # what decodes latents
         lh, lw = h // pipe.vae_scale_factor, w // pipe.vae_scale_factor  # latent size
         macs = count_macs(pipe.unet, lh, lw, batch=1, context_len=pipe.tokenizer.model_max_length)  # one pass
         passes, passes_text = unet_passes(s)

@@ -102,5 +102,5 @@ def test_set_memory_format_moves_the_unet_and_the_decoder_it_uses():
 def test_each_pipeline_has_its_own_unet_and_decoder(tmp_path):
     args = end_to_end.parse_args(["--quick", "--out-dir", str(tmp_path)])
     pipes = {k: pipe for k, (_, pipe) in end_to_end.build_pipelines(args, str(tmp_path)).items()}
-    decoders = [p.vae_decoder if p.vae_decoder is not None else p.vae for p in pipes.values()]
+    decoders = [p.decoder for p in pipes.values()]
     assert len({id(d) for d in decoders}) == 3 and len({id(p.unet) for p in pipes.values()}) == 3

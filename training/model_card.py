@@ -196,7 +196,7 @@ def main(args):
     arch = unet.architecture()
     params = {
         "unet": count_params(pipe.unet), "text_encoder": count_params(pipe.text_encoder),
-        "vae_decoder (used)": count_decoder_params(pipe.vae_decoder if pipe.vae_decoder is not None else pipe.vae),
+        "vae_decoder (used)": count_decoder_params(pipe.decoder),
     }  # fmt: skip
     teacher = load_stage_pipeline(args.teacher, "--teacher") if args.role != "teacher" and args.teacher else None
     timings = seconds_per_image({"model": pipe} | ({"teacher": teacher} if teacher else {}), args.repeats)
