@@ -37,6 +37,7 @@ from .inputs import (
 from .sides import ONEPASS, RIGHT_ROLES, STUDENT, Side
 
 SESSIONS_KEPT = 1024  # per-session state is dropped least-recently-used first past this many sessions
+STOP_WAIT_S = 120.0  # Cancel waits this long at most for the running step to end (an SD-v1.5 512px step on a CPU)
 
 
 @dataclass
@@ -50,6 +51,8 @@ class Run:
     step: int = 0
     done: dict[str, dict] = field(default_factory=dict)
     finished: bool = False
+    cancelled_view: tuple | None = None  # what Cancel put on the page: (banner, left readout, right readout)
+    ended: threading.Event = field(default_factory=threading.Event)  # the handler's stream is over
 
 
 def image_label(side: Side) -> str:
@@ -291,16 +294,21 @@ class CompareApp:
                 else:
                     _, l_img, l_text, l_t = ev
         except Cancelled:
-            raise
+            banner, left_text, right_text = self._cancelled_view(run)
+            yield skip, left_text, skip, right_text, banner, skip, skip
+            return
         except Exception:
             run.finished = True
             raise
-        run.finished = True  # closed early (gradio's cancel, a visitor who left): not finished, Cancel reports it
-        run_id = (prompt, negative_prompt, seed)
-        self._remember(session, "right", run_id, r_t)
-        self._remember(session, "left", run_id, l_t)
-        data = {"seed": seed, "left": l_t, "right": r_t, "speedup": readouts.speedup_ratios(l_t, r_t)}
-        yield l_img, l_text, r_img, r_text, readouts.speedup_html(l_t, r_t), seed, data
+        else:
+            run.finished = True  # closed early (gradio's cancel, a visitor who left): not finished, Cancel reports it
+            run_id = (prompt, negative_prompt, seed)
+            self._remember(session, "right", run_id, r_t)
+            self._remember(session, "left", run_id, l_t)
+            data = {"seed": seed, "left": l_t, "right": r_t, "speedup": readouts.speedup_ratios(l_t, r_t)}
+            yield l_img, l_text, r_img, r_text, readouts.speedup_html(l_t, r_t), seed, data
+        finally:
+            run.ended.set()  # after the run's last update (Cancel's wait_stopped waits for it)
 
     def run_one(self, key, prompt, negative_prompt, seed, randomize_seed, steps, guidance, request=None,
                 progress=None, right_model=STUDENT):  # fmt: skip
@@ -323,23 +331,28 @@ class CompareApp:
                 else:
                     _, img, text, t = ev
         except Cancelled:
-            raise
+            banner, left_text, right_text = self._cancelled_view(run)
+            yield skip, left_text if key == "left" else right_text, banner, skip, skip
+            return
         except Exception:
             run.finished = True
             raise
-        run.finished = True
-        run_id = (prompt, negative_prompt, seed)
-        memory = self._remember(session, key, run_id, t)
-        other = "right" if key == "left" else "left"
-        data = {"seed": seed, key: t}
-        if other in memory and memory[other][0] == run_id:
-            pair = {key: t, other: memory[other][1]}
-            banner = readouts.speedup_html(pair["left"], pair["right"], note="The two sides were run separately.")
-            data["speedup"] = readouts.speedup_ratios(pair["left"], pair["right"])
         else:
-            banner = readouts.waiting_html(f"Run the {other} side with the same prompt and seed (or press "
-                                           "<b>Generate both</b>) to see the speed-up.")  # fmt: skip
-        yield img, text, banner, seed, data
+            run.finished = True
+            run_id = (prompt, negative_prompt, seed)
+            memory = self._remember(session, key, run_id, t)
+            other = "right" if key == "left" else "left"
+            data = {"seed": seed, key: t}
+            if other in memory and memory[other][0] == run_id:
+                pair = {key: t, other: memory[other][1]}
+                banner = readouts.speedup_html(pair["left"], pair["right"], note="The two sides were run separately.")
+                data["speedup"] = readouts.speedup_ratios(pair["left"], pair["right"])
+            else:
+                banner = readouts.waiting_html(f"Run the {other} side with the same prompt and seed (or press "
+                                               "<b>Generate both</b>) to see the speed-up.")  # fmt: skip
+            yield img, text, banner, seed, data
+        finally:
+            run.ended.set()  # after the run's last update (Cancel's wait_stopped waits for it)
 
     def cancel(self, request: gr.Request = None):
         """Stop this visitor's run after its current step (never another visitor's) and say so on the page.
@@ -350,8 +363,6 @@ class CompareApp:
         run = self._runs.get(session_of(request))
         if run is None or run.finished:
             return skip, skip, skip
-        run.cancel.set()
-        run.finished = True  # reported once
         out, parts = {"left": skip, "right": skip}, []
         for key in run.order:
             if key in run.done:
@@ -363,4 +374,27 @@ class CompareApp:
                 out[key] = readouts.cancelled_markdown(None, run.steps[key])
                 parts.append(f"the {key} side did not run")
         message = "; ".join(parts) + ". Nothing was compared: press <b>Generate both</b> to run again."
-        return readouts.cancelled_html(message[0].upper() + message[1:]), out["left"], out["right"]
+        run.cancelled_view = readouts.cancelled_html(message[0].upper() + message[1:]), out["left"], out["right"]
+        run.finished = True  # reported once
+        run.cancel.set()  # after the view is set: the run's own last update repeats it (_cancelled_view)
+        return run.cancelled_view
+
+    def wait_stopped(self, presses: int, request: gr.Request = None) -> int:
+        """Wait (at most ``STOP_WAIT_S``) until this visitor's run has sent its last update, then count the Cancel
+        press (``presses + 1``): the page's gradio cancel, triggered by that count, then finds only queued events.
+        Gradio's cancel of a running event can reach the page as an error (its empty completion message arrives
+        while the page still reads the event's stream)."""
+        run = self._runs.get(session_of(request))
+        if run is not None:
+            run.ended.wait(STOP_WAIT_S)
+        return presses + 1
+
+    @staticmethod
+    def _cancelled_view(run: Run) -> tuple:
+        """The stopped run's last update: what Cancel put on the page, sent again by the run itself. Gradio ends a
+        stream by sending its last values once more, so the run must not end on a progress update (which would
+        overwrite Cancel's readout) nor with an error (shown as one). Raises ``Cancelled`` when nobody pressed
+        Cancel (the stream was closed: the visitor left)."""
+        if run.cancelled_view is None:
+            raise Cancelled()
+        return run.cancelled_view

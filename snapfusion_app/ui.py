@@ -166,8 +166,12 @@ def build_demo(teacher: SnapFusionPipeline, student: SnapFusionPipeline, teacher
             outputs=[R["header"], R["steps"], R["guidance"], R["image"], R["readout"], banner, negative],
             preprocess=False, concurrency_limit=None, show_progress="hidden", api_visibility="private",
         )  # fmt: skip
-        cancel.click(app.cancel, None, [banner, L["readout"], R["readout"]], cancels=[compare_event, *side_events],
-                     queue=False, api_visibility="private")  # fmt: skip
+        # Cancel: the running run stops after its step and ends with Cancel's view (no error, no late progress);
+        # once it has, gradio's cancel drops a queued run of this visitor's (a change of `stopped` triggers it).
+        stopped = gr.Number(0, precision=0, visible="hidden", elem_id="stopped")  # Cancel presses whose run stopped
+        cancel.click(app.cancel, None, [banner, L["readout"], R["readout"]], queue=False, api_visibility="private") \
+            .then(app.wait_stopped, stopped, stopped, queue=False, api_visibility="private", show_progress="hidden")
+        stopped.change(None, cancels=[compare_event, *side_events])  # fmt: skip
 
         with gr.Tab("Model"):
             _model_tab(app)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -195,18 +196,15 @@ def test_unexpected_errors_reach_the_visitor_as_a_short_message(served, client, 
 
 def _cancel_when(app_, request, gen, readout_index, pattern):
     """Iterate ``gen`` until output ``readout_index`` shows a running step that matches ``pattern``, then Cancel;
-    returns (what cancel returned, the steps seen)."""
-    from snapfusion_app.errors import Cancelled
-
-    seen, answer = [], None
-    with pytest.raises(Cancelled):
-        for update in gen:
-            readout = update[readout_index] if isinstance(update[readout_index], str) else ""
-            if readout.startswith("**Running: step"):
-                seen.append(readout)
-                if answer is None and re.search(pattern, readout):
-                    answer = app_.cancel(request)  # another session's cancel would not touch this run
-    return answer, seen
+    returns (what cancel returned, the steps seen, the run's last update)."""
+    seen, answer, update = [], None, None
+    for update in gen:
+        readout = update[readout_index] if isinstance(update[readout_index], str) else ""
+        if readout.startswith("**Running: step"):
+            seen.append(readout)
+            if answer is None and re.search(pattern, readout):
+                answer = app_.cancel(request)  # another session's cancel would not touch this run
+    return answer, seen, update
 
 
 def test_cancel_during_the_left_side_says_so_on_the_page(served):
@@ -217,7 +215,9 @@ def test_cancel_during_the_left_side_says_so_on_the_page(served):
     app_ = served[1].snapfusion
     request = Request("cancel-left")
     gen = app_.compare("a red circle", "", 1, False, 50, 7.5, 2, 4.5, request=request)
-    (banner, left_readout, right_readout), seen = _cancel_when(app_, request, gen, 1, r"step (?!0/)\d+/50\*\*")
+    (banner, left_readout, right_readout), seen, last = _cancel_when(app_, request, gen, 1, r"step (?!0/)\d+/50\*\*")
+    # the run ends by sending Cancel's view again (gradio resends a stream's last values; no error, no progress)
+    assert (last[1], last[3], last[4]) == (left_readout, right_readout, banner)
     step = int(re.search(r"step (\d+)/50", seen[-1]).group(1))
     assert 1 <= step < 50
     assert "Cancelled." in banner and "still running" not in banner
@@ -231,7 +231,8 @@ def test_cancel_during_the_right_side_says_the_left_did_not_run(served):
     app_ = served[1].snapfusion
     request = Request("cancel-right")
     gen = app_.compare("a red circle", "", 1, False, 2, 7.5, 50, 4.5, request=request)
-    (banner, left_readout, right_readout), seen = _cancel_when(app_, request, gen, 3, r"step (?!0/)\d+/50\*\*")
+    (banner, left_readout, right_readout), seen, last = _cancel_when(app_, request, gen, 3, r"step (?!0/)\d+/50\*\*")
+    assert (last[1], last[3], last[4]) == (left_readout, right_readout, banner)
     assert seen and all("/50**" in s for s in seen)  # stopped in the right side, before the left began
     assert "The right side stopped at step" in banner and "the left side did not run" in banner
     assert right_readout.startswith("**Cancelled at step ")
@@ -239,6 +240,33 @@ def test_cancel_during_the_right_side_says_the_left_did_not_run(served):
     # the app still works afterwards, in the same session
     out = list(app_.compare("a red circle", "", 1, False, 2, 7.5, 2, 4.5, request=request))[-1]
     assert out[6]["left"]["steps_run"] == 2
+
+
+def test_cancel_a_side_run_alone(served):
+    app_ = served[1].snapfusion
+    request = Request("cancel-alone")
+    gen = app_.run_one("left", "a red circle", "", 1, False, 50, 7.5, request)
+    (banner, left_readout, right_readout), seen, last = _cancel_when(app_, request, gen, 1, r"step (?!0/)\d+/50\*\*")
+    assert "The left side stopped at step" in banner and left_readout.startswith("**Cancelled at step ")
+    assert (last[1], last[2]) == (left_readout, banner)
+
+
+def test_wait_stopped_returns_once_the_run_has_sent_its_last_update(served):
+    """Cancel's second step (before gradio's cancel of queued runs) waits for the run's end: finished or closed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    app_ = served[1].snapfusion
+    request = Request("wait-stopped")
+    assert app_.wait_stopped(3, request) == 4  # nothing ran in this session: at once
+    with ThreadPoolExecutor(1) as pool:
+        for end in (lambda g: list(g), lambda g: g.close()):
+            gen = app_.compare("a red circle", "", 1, False, 2, 7.5, 2, 4.5, request=request)
+            next(gen)  # running
+            waiter = pool.submit(app_.wait_stopped, 0, request)
+            time.sleep(0.5)
+            assert not waiter.done()
+            end(gen)
+            assert waiter.result(timeout=30) == 1
 
 
 def test_cancel_touches_only_its_own_session(served):

@@ -71,21 +71,34 @@ def slow_url(model_dirs):
 
 @contextmanager
 def browser_page():
+    with browser_pages(1) as pages:
+        yield pages[0]
+
+
+@contextmanager
+def browser_pages(n: int):
+    """``n`` pages, each in its own browser profile (its own gradio session); ``page.server_errors`` lists the
+    responses with a 5xx status."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(
-            tempfile.mkdtemp(prefix="chromium_profile_"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 1280},
-        )  # fmt: skip
+        browsers = []
         try:
-            page = browser.new_page()
-            server_errors = []
-            page.on("response", lambda r: server_errors.append(f"{r.status} {r.url}") if r.status >= 500 else None)
-            page.server_errors = server_errors
-            yield page
+            pages = []
+            for _ in range(n):
+                browsers.append(p.chromium.launch_persistent_context(
+                    tempfile.mkdtemp(prefix="chromium_profile_"), executable_path=CHROMIUM, headless=True,
+                    args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 1280},
+                ))  # fmt: skip
+                page = browsers[-1].new_page()
+                server_errors = []
+                page.on("response", lambda r, e=server_errors: r.status >= 500 and e.append(f"{r.status} {r.url}"))
+                page.server_errors = server_errors
+                pages.append(page)
+            yield pages
         finally:
-            browser.close()
+            for browser in browsers:
+                browser.close()
 
 
 def test_a_visitor_compares_both_sides_in_a_real_browser(url, tmp_path):
@@ -186,6 +199,26 @@ def test_cancel_during_generate_both_says_cancelled_on_the_page(slow_url):
         assert page.server_errors == []
 
 
+def test_cancel_while_queued_drops_the_run(slow_url):
+    """A visitor whose run waits in the queue (one generation at a time) presses Cancel: that run never starts."""
+    from playwright.sync_api import expect
+
+    with browser_pages(2) as (first, second):
+        for page in (first, second):
+            page.goto(slow_url, wait_until="networkidle")
+        first.locator("#generate").click()
+        expect(first.locator("#left-readout")).to_contain_text("Running: step", timeout=120_000)
+        second.locator("#generate").click()
+        expect(second.locator("#speedup")).to_contain_text("queue", timeout=30_000)
+        second.locator("#cancel").click()
+        expect(first.locator("#left-readout")).to_contain_text("Measured on", timeout=120_000)
+        time.sleep(3)  # the queue is free: a run left in it would have started (the right side takes < 1 s)
+        for box in ("#left-readout", "#right-readout"):
+            expect(second.locator(box)).to_contain_text("latency readout appears here")
+            expect(second.locator(box)).not_to_contain_text("Error")
+        assert first.server_errors == second.server_errors == []
+
+
 def test_a_number_out_of_range_gets_the_limits_not_a_server_error(slow_url, capfd):
     from playwright.sync_api import expect
 
@@ -194,11 +227,15 @@ def test_a_number_out_of_range_gets_the_limits_not_a_server_error(slow_url, capf
         box = page.locator("#right-steps input[type=number]")
         box.fill("500")
         box.press("Enter")
-        box.blur()
         expect(page.get_by_text("steps (right) must be an integer in [1, 100]; got 500.")).to_be_visible(
             timeout=30_000
         )
         expect(page.locator("#right-header")).to_contain_text("8 steps")  # the header keeps the last good value
+        # Leaving the box, gradio's slider puts its own number back in range (its frontend clamps on blur) and
+        # sends that value: the header follows what the box shows.
+        box.blur()
+        expect(box).to_have_value("100", timeout=30_000)
+        expect(page.locator("#right-header")).to_contain_text("100 steps", timeout=30_000)
         time.sleep(1)
         assert page.server_errors == []
     assert "Traceback" not in capfd.readouterr().err
