@@ -38,6 +38,7 @@ from .sides import ONEPASS, RIGHT_ROLES, STUDENT, Side
 
 SESSIONS_KEPT = 1024  # per-session state is dropped least-recently-used first past this many sessions
 STOP_WAIT_S = 120.0  # Cancel waits this long at most for the running step to end (an SD-v1.5 512px step on a CPU)
+STOP_GRACE_S = 0.5  # and then this long, for gradio to send the stopped run's completion to the page
 
 
 @dataclass
@@ -385,8 +386,9 @@ class CompareApp:
         Gradio's cancel of a running event can reach the page as an error (its empty completion message arrives
         while the page still reads the event's stream)."""
         run = self._runs.get(session_of(request))
-        if run is not None:
+        if run is not None and not run.ended.is_set():
             run.ended.wait(STOP_WAIT_S)
+            time.sleep(STOP_GRACE_S)  # the run's completion message, sent by gradio after the stream's end
         return presses + 1
 
     @staticmethod
