@@ -302,7 +302,7 @@ class CompareApp:
             run.finished = True
             raise
         else:
-            run.finished = True  # closed early (gradio's cancel, a visitor who left): not finished, Cancel reports it
+            run.finished = True  # a run closed early (the visitor left) is not finished: a Cancel would report it
             run_id = (prompt, negative_prompt, seed)
             self._remember(session, "right", run_id, r_t)
             self._remember(session, "left", run_id, l_t)
